@@ -1,0 +1,21 @@
+# Decides whether the CUDA backend is built. AUTO builds it when nvcc exists,
+# so the same tree builds on machines without CUDA. Sets BATON_HAVE_CUDA.
+set(BATON_HAVE_CUDA OFF)
+if(NOT BATON_CUDA STREQUAL "OFF")
+  if(NOT DEFINED CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX} AND EXISTS /usr/local/cuda/bin/nvcc)
+    set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+  endif()
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 90)  # H100/H200; "native" fails without a GPU.
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
+    set(BATON_HAVE_CUDA ON)
+  elseif(BATON_CUDA STREQUAL "ON")
+    message(FATAL_ERROR "BATON_CUDA=ON but no CUDA compiler was found")
+  endif()
+endif()
+message(STATUS "baton: CUDA backend ${BATON_HAVE_CUDA}")

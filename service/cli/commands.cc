@@ -1,0 +1,36 @@
+#include "service/cli/commands.h"
+
+#include <cstdio>
+
+#include "service/cli/flag_set.h"
+
+namespace baton::cli {
+
+int RunVersion(const Args& args) {
+  FlagSet flags("baton version", "Prints the version of baton.");
+  if (absl::Status s = flags.Parse(args); !s.ok()) {
+    std::fprintf(stderr, "baton version: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.HelpText().c_str(), stdout);
+    return 0;
+  }
+  std::printf("baton %s\n", BATON_VERSION);
+  return 0;
+}
+
+const std::vector<Command>& AllCommands() {
+  static const std::vector<Command> kCommands = {
+      {"serve", "serve a model over gRPC: prefill and decode in one process", nullptr},
+      {"prefill", "run a prefill worker that pushes KV to decode workers", nullptr},
+      {"decode", "run a decode worker that receives KV and streams tokens", nullptr},
+      {"router", "the public endpoint in front of prefill and decode pools", nullptr},
+      {"generate", "stream a completion from a running server to stdout", nullptr},
+      {"bench", "measure latency and throughput of a running server", nullptr},
+      {"version", "print the version", &RunVersion},
+  };
+  return kCommands;
+}
+
+}  // namespace baton::cli
