@@ -1,0 +1,372 @@
+#include "engine/deepseek_model.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "engine/kernels.h"
+#include "engine/rope.h"
+#include "engine/status_macros.h"
+
+namespace baton {
+namespace {
+
+inline float Silu(float x) { return x / (1.0f + std::exp(-x)); }
+inline float Sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+template <typename T>
+void EnsureSize(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+// Indices of the k largest values, largest first; ties go to the lower index
+// (as torch.topk does on CPU in practice).
+void TopK(const float* values, int n, int k, std::vector<int>* out) {
+  out->resize(n);
+  std::iota(out->begin(), out->end(), 0);
+  std::partial_sort(out->begin(), out->begin() + k, out->end(), [&](int a, int b) {
+    return values[a] > values[b] || (values[a] == values[b] && a < b);
+  });
+  out->resize(k);
+}
+
+void ProgressBar(int done, int total) {
+  const int width = 30;
+  const int filled = total == 0 ? width : done * width / total;
+  std::fprintf(stderr, "\rloading weights [%s%s] %d/%d layers", std::string(filled, '#').c_str(),
+               std::string(width - filled, ' ').c_str(), done, total);
+  if (done == total) std::fprintf(stderr, "\n");
+}
+
+}  // namespace
+
+DeepseekModel::DeepseekModel(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      inv_freq_(RopeInvFreq(config_)),
+      cos_sin_scale_(RopeCosSinScale(config_)),
+      softmax_scale_(static_cast<float>(config_.softmax_scale())) {}
+
+absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(
+    const std::string& dir, const ModelLoadOptions& options) {
+  BATON_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir + "/config.json"));
+  BATON_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(dir));
+  WeightLoadOptions load;
+  load.force_f32 = options.force_f32_weights;
+  if (options.show_progress && isatty(STDERR_FILENO)) load.progress = ProgressBar;
+  BATON_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(config, *checkpoint, load));
+  return FromWeights(std::move(config), std::move(weights));
+}
+
+absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(ModelConfig config,
+                                                                          ModelWeights weights) {
+  if (static_cast<int>(weights.layers.size()) != config.num_hidden_layers) {
+    return absl::InvalidArgumentError("weights do not match the config's layer count");
+  }
+  return std::unique_ptr<DeepseekModel>(new DeepseekModel(std::move(config), std::move(weights)));
+}
+
+absl::Status DeepseekModel::Forward(const std::vector<ForwardChunk>& batch, KvCache& cache,
+                                    ThreadPool& pool, std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int64_t hidden = c.hidden_size;
+  int64_t total = 0;
+  for (const ForwardChunk& chunk : batch) {
+    if (chunk.num_tokens <= 0 || chunk.tokens == nullptr || chunk.block_table == nullptr) {
+      return absl::InvalidArgumentError("forward chunk without tokens or block table");
+    }
+    if (chunk.start_pos < 0 || chunk.start_pos + chunk.num_tokens > c.max_position_embeddings) {
+      return absl::OutOfRangeError(
+          absl::StrCat("positions up to ", chunk.start_pos + chunk.num_tokens,
+                       " exceed the context length ", c.max_position_embeddings));
+    }
+    if (static_cast<int64_t>(chunk.block_table->size()) * cache.block_size() <
+        chunk.start_pos + chunk.num_tokens) {
+      return absl::InvalidArgumentError("block table too short for the chunk");
+    }
+    for (int64_t i = 0; i < chunk.num_tokens; ++i) {
+      if (chunk.tokens[i] < 0 || chunk.tokens[i] >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", chunk.tokens[i], " outside the vocabulary of ", c.vocab_size));
+      }
+    }
+    total += chunk.num_tokens;
+  }
+  Workspace& ws = ws_;
+  ws.tokens = total;
+  EnsureSize(ws.positions, total);
+  EnsureSize(ws.chunk_of_token, total);
+  EnsureSize(ws.x, total * hidden);
+  EnsureSize(ws.xn, total * hidden);
+  EnsureSize(ws.out, total * hidden);
+
+  // Embed.
+  int64_t t = 0;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    for (int64_t i = 0; i < batch[b].num_tokens; ++i, ++t) {
+      ws.positions[t] = batch[b].start_pos + i;
+      ws.chunk_of_token[t] = static_cast<int>(b);
+      const int64_t id = batch[b].tokens[i];
+      for (int64_t d = 0; d < hidden; ++d) ws.x[t * hidden + d] = weights_.embed.At(id, d);
+    }
+  }
+
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    const LayerWeights& lw = weights_.layers[layer];
+    for (int64_t i = 0; i < total; ++i) {
+      kernels::RmsNorm(&ws.x[i * hidden], lw.input_norm.data(), hidden, c.rms_norm_eps,
+                       &ws.xn[i * hidden]);
+    }
+    Attention(layer, batch, cache, pool);
+    for (int64_t i = 0; i < total * hidden; ++i) ws.x[i] += ws.out[i];
+
+    for (int64_t i = 0; i < total; ++i) {
+      kernels::RmsNorm(&ws.x[i * hidden], lw.post_attention_norm.data(), hidden, c.rms_norm_eps,
+                       &ws.xn[i * hidden]);
+    }
+    if (lw.is_moe) {
+      Moe(lw.moe, pool);
+    } else {
+      Mlp(lw.dense, ws.xn.data(), total, ws.out.data(), pool);
+    }
+    for (int64_t i = 0; i < total * hidden; ++i) ws.x[i] += ws.out[i];
+  }
+
+  // Final norm and head on the rows whose logits were asked for.
+  std::vector<int64_t> rows;
+  t = 0;
+  for (const ForwardChunk& chunk : batch) {
+    if (chunk.logits == LogitsMode::kAll) {
+      for (int64_t i = 0; i < chunk.num_tokens; ++i) rows.push_back(t + i);
+    } else if (chunk.logits == LogitsMode::kLast) {
+      rows.push_back(t + chunk.num_tokens - 1);
+    }
+    t += chunk.num_tokens;
+  }
+  const int64_t n = static_cast<int64_t>(rows.size());
+  for (int64_t r = 0; r < n; ++r) {
+    kernels::RmsNorm(&ws.x[rows[r] * hidden], weights_.final_norm.data(), hidden, c.rms_norm_eps,
+                     &ws.xn[r * hidden]);
+  }
+  logits->resize(n * c.vocab_size);
+  kernels::MatMul(ws.xn.data(), hidden, n, weights_.head(), logits->data(), c.vocab_size, pool);
+  return absl::OkStatus();
+}
+
+void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
+                              ThreadPool& pool) {
+  const ModelConfig& c = config_;
+  const AttentionWeights& a = weights_.layers[layer].attn;
+  Workspace& ws = ws_;
+  const int64_t T = ws.tokens, hidden = c.hidden_size, heads = c.num_attention_heads;
+  const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, lora = c.kv_lora_rank;
+  const int64_t qk = nope + rope, width = lora + rope, vdim = c.v_head_dim;
+
+  // Queries.
+  EnsureSize(ws.q, T * heads * qk);
+  if (c.q_lora_rank > 0) {
+    const int64_t qr = c.q_lora_rank;
+    EnsureSize(ws.q_a, T * qr);
+    kernels::MatMul(ws.xn.data(), hidden, T, a.q_a, ws.q_a.data(), qr, pool);
+    for (int64_t i = 0; i < T; ++i) {
+      kernels::RmsNorm(&ws.q_a[i * qr], a.q_a_norm.data(), qr, c.rms_norm_eps, &ws.q_a[i * qr]);
+    }
+    kernels::MatMul(ws.q_a.data(), qr, T, a.q_b, ws.q.data(), heads * qk, pool);
+  } else {
+    kernels::MatMul(ws.xn.data(), hidden, T, a.q_b, ws.q.data(), heads * qk, pool);
+  }
+
+  // The compressed KV: normalized latent and roped key, straight into the cache.
+  EnsureSize(ws.kv, T * width);
+  kernels::MatMul(ws.xn.data(), hidden, T, a.kv_a, ws.kv.data(), width, pool);
+  std::vector<float> cos(rope / 2), sin(rope / 2);
+  EnsureSize(ws.q_full, T * heads * width);
+  for (int64_t i = 0; i < T; ++i) {
+    const float pos = static_cast<float>(ws.positions[i]);
+    for (int64_t f = 0; f < rope / 2; ++f) {
+      const float angle = pos * inv_freq_[f];
+      cos[f] = std::cos(angle) * cos_sin_scale_;
+      sin[f] = std::sin(angle) * cos_sin_scale_;
+    }
+    const ForwardChunk& chunk = batch[ws.chunk_of_token[i]];
+    float* row = cache.Row(layer, *chunk.block_table, ws.positions[i]);
+    const float* kv = &ws.kv[i * width];
+    kernels::RmsNorm(kv, a.kv_a_norm.data(), lora, c.rms_norm_eps, row);
+    std::copy(kv + lora, kv + width, row + lora);
+    kernels::RopeInterleaved(row + lora, rope, cos.data(), sin.data());
+    for (int64_t h = 0; h < heads; ++h) {
+      float* q_pe = &ws.q_full[(i * heads + h) * width + lora];
+      const float* src = &ws.q[(i * heads + h) * qk + nope];
+      std::copy(src, src + rope, q_pe);
+      kernels::RopeInterleaved(q_pe, rope, cos.data(), sin.data());
+    }
+  }
+  // Absorb W_uk into the queries: q_latent[h] = q_nope[h] W_uk[h].
+  pool.ParallelFor(heads, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      kernels::MatMulRows(&ws.q[h * qk], heads * qk, T, a.k_up_t, h * lora, (h + 1) * lora,
+                          &ws.q_full[h * width], heads * width);
+    }
+  });
+
+  AttentionCore(layer, batch, cache, pool);
+
+  // Back from latents to values per head, then the output projection.
+  EnsureSize(ws.attn_v, T * heads * vdim);
+  pool.ParallelFor(heads, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      kernels::MatMulRows(&ws.o_latent[h * lora], heads * lora, T, a.v_up, h * vdim, (h + 1) * vdim,
+                          &ws.attn_v[h * vdim], heads * vdim);
+    }
+  });
+  kernels::MatMul(ws.attn_v.data(), heads * vdim, T, a.o, ws.out.data(), hidden, pool);
+}
+
+void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
+                                  ThreadPool& pool) {
+  const ModelConfig& c = config_;
+  Workspace& ws = ws_;
+  const int64_t T = ws.tokens, heads = c.num_attention_heads, lora = c.kv_lora_rank;
+  const int64_t width = lora + c.qk_rope_head_dim;
+  EnsureSize(ws.o_latent, T * heads * lora);
+  // Work items are (token, block of heads): every cache row loaded serves
+  // all heads of the block, which is what makes MLA decode cheap.
+  constexpr int64_t kHeadBlock = 8;
+  const int64_t head_blocks = (heads + kHeadBlock - 1) / kHeadBlock;
+  pool.ParallelFor(T * head_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t i = item / head_blocks;
+      const int64_t h0 = (item % head_blocks) * kHeadBlock;
+      const int64_t h1 = std::min(heads, h0 + kHeadBlock);
+      const int64_t len = ws.positions[i] + 1;  // Causal: up to and including itself.
+      const std::vector<int32_t>& table = *batch[ws.chunk_of_token[i]].block_table;
+      EnsureSize(scores, (h1 - h0) * len);
+      for (int64_t j = 0; j < len; ++j) {
+        const float* row = cache.Row(layer, table, j);
+        for (int64_t h = h0; h < h1; ++h) {
+          scores[(h - h0) * len + j] =
+              kernels::Dot(&ws.q_full[(i * heads + h) * width], row, width) * softmax_scale_;
+        }
+      }
+      for (int64_t h = h0; h < h1; ++h) kernels::Softmax(&scores[(h - h0) * len], len);
+      for (int64_t h = h0; h < h1; ++h) {
+        std::fill_n(&ws.o_latent[(i * heads + h) * lora], lora, 0.0f);
+      }
+      for (int64_t j = 0; j < len; ++j) {
+        const float* row = cache.Row(layer, table, j);
+        for (int64_t h = h0; h < h1; ++h) {
+          kernels::Axpy(scores[(h - h0) * len + j], row, &ws.o_latent[(i * heads + h) * lora],
+                        lora);
+        }
+      }
+    }
+  });
+}
+
+void DeepseekModel::Mlp(const MlpWeights& mlp, const float* x, int64_t rows, float* out,
+                        ThreadPool& pool) {
+  const int64_t hidden = config_.hidden_size, inter = mlp.inter;
+  Workspace& ws = ws_;
+  EnsureSize(ws.mlp_hidden, rows * 2 * inter);
+  kernels::MatMul(x, hidden, rows, mlp.gate_up, ws.mlp_hidden.data(), 2 * inter, pool);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* h = &ws.mlp_hidden[r * 2 * inter];
+    for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
+  }
+  kernels::MatMul(ws.mlp_hidden.data(), 2 * inter, rows, mlp.down, out, hidden, pool);
+}
+
+void DeepseekModel::Route(const MoeWeights& moe, int64_t t, std::vector<int>* experts,
+                          std::vector<float>* weights) const {
+  const ModelConfig& c = config_;
+  const int n = c.n_routed_experts, k = c.num_experts_per_tok;
+  const float* logits = &ws_.router_logits[t * n];
+  std::vector<float> scores(logits, logits + n);
+  if (c.scoring_func == ScoringFunc::kSigmoid) {
+    for (float& s : scores) s = Sigmoid(s);
+  } else {
+    kernels::Softmax(scores.data(), n);
+  }
+  // Selection may use biased scores; the weights never do.
+  std::vector<float> choice = scores;
+  if (moe.score_bias.size > 0) {
+    for (int e = 0; e < n; ++e) choice[e] += moe.score_bias.data()[e];
+  }
+  if (c.topk_method != TopkMethod::kGreedy && c.n_group > 1) {
+    const int per_group = n / c.n_group;
+    std::vector<float> group_score(c.n_group);
+    for (int g = 0; g < c.n_group; ++g) {
+      const float* s = &choice[g * per_group];
+      if (c.topk_method == TopkMethod::kNoauxTc) {
+        std::vector<int> top2;
+        TopK(s, per_group, 2, &top2);
+        group_score[g] = s[top2[0]] + s[top2[1]];
+      } else {
+        group_score[g] = *std::max_element(s, s + per_group);
+      }
+    }
+    std::vector<int> kept;
+    TopK(group_score.data(), c.n_group, c.topk_group, &kept);
+    std::vector<bool> keep(c.n_group, false);
+    for (int g : kept) keep[g] = true;
+    for (int e = 0; e < n; ++e) {
+      if (!keep[e / per_group]) choice[e] = -INFINITY;
+    }
+  }
+  TopK(choice.data(), n, k, experts);
+  weights->resize(k);
+  float sum = 0.f;
+  for (int i = 0; i < k; ++i) sum += (*weights)[i] = scores[(*experts)[i]];
+  const bool normalize = c.norm_topk_prob && k > 1;
+  const float scale = static_cast<float>(c.routed_scaling_factor);
+  for (float& w : *weights) {
+    if (normalize) w /= sum + 1e-20f;
+    // DeepSeek-V2 scales only unnormalized weights; V3 scales always.
+    if (c.architecture == Architecture::kDeepseekV3 || !normalize) w *= scale;
+  }
+}
+
+void DeepseekModel::Moe(const MoeWeights& moe, ThreadPool& pool) {
+  const ModelConfig& c = config_;
+  Workspace& ws = ws_;
+  const int64_t T = ws.tokens, hidden = c.hidden_size, n = c.n_routed_experts;
+  EnsureSize(ws.router_logits, T * n);
+  kernels::MatMul(ws.xn.data(), hidden, T, moe.router, ws.router_logits.data(), n, pool);
+
+  // Group the tokens by expert so that each expert's weights are read once.
+  std::vector<std::vector<std::pair<int64_t, float>>> assigned(n);
+  std::vector<int> experts;
+  std::vector<float> weights;
+  for (int64_t t = 0; t < T; ++t) {
+    Route(moe, t, &experts, &weights);
+    for (size_t i = 0; i < experts.size(); ++i) assigned[experts[i]].push_back({t, weights[i]});
+  }
+
+  if (moe.shared.inter > 0) {
+    Mlp(moe.shared, ws.xn.data(), T, ws.out.data(), pool);
+  } else {
+    std::fill_n(ws.out.begin(), T * hidden, 0.0f);
+  }
+  for (int64_t e = 0; e < n; ++e) {
+    const auto& tokens = assigned[e];
+    if (tokens.empty()) continue;
+    const int64_t m = static_cast<int64_t>(tokens.size());
+    EnsureSize(ws.expert_in, m * hidden);
+    EnsureSize(ws.expert_out, m * hidden);
+    for (int64_t r = 0; r < m; ++r) {
+      std::copy_n(&ws.xn[tokens[r].first * hidden], hidden, &ws.expert_in[r * hidden]);
+    }
+    Mlp(moe.experts[e], ws.expert_in.data(), m, ws.expert_out.data(), pool);
+    for (int64_t r = 0; r < m; ++r) {
+      kernels::Axpy(tokens[r].second, &ws.expert_out[r * hidden], &ws.out[tokens[r].first * hidden],
+                    hidden);
+    }
+  }
+}
+
+}  // namespace baton

@@ -1,0 +1,101 @@
+// The DeepSeek-V2/V3 forward pass on the CPU: MLA with weight absorption over
+// the paged latent cache, and DeepSeekMoE. One batch mixes prefill chunks of
+// any length (starting at any position) with single-token decodes.
+//
+// Thread-safety: Forward() mutates a workspace and the KV cache; call it from
+// one thread (the engine loop). Loading is thread-safe.
+#ifndef BATON_ENGINE_DEEPSEEK_MODEL_H_
+#define BATON_ENGINE_DEEPSEEK_MODEL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/kv_cache.h"
+#include "engine/model_config.h"
+#include "engine/thread_pool.h"
+#include "engine/weights.h"
+
+namespace baton {
+
+enum class LogitsMode {
+  kNone,  // A prefill chunk that is not the prompt's last.
+  kLast,  // The logits of the chunk's last token.
+  kAll,   // The logits of every token of the chunk.
+};
+
+// One sequence's share of a forward batch.
+struct ForwardChunk {
+  const int32_t* tokens = nullptr;
+  int64_t num_tokens = 0;
+  // The tokens take positions [start_pos, start_pos + num_tokens); positions
+  // before start_pos must already be in the cache.
+  int64_t start_pos = 0;
+  // Must cover start_pos + num_tokens positions.
+  const std::vector<int32_t>* block_table = nullptr;
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+struct ModelLoadOptions {
+  bool force_f32_weights = false;
+  bool show_progress = false;  // A progress bar on stderr.
+};
+
+class DeepseekModel {
+ public:
+  // Reads DIR/config.json and the safetensors weights.
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
+                                                             const ModelLoadOptions& options);
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> FromWeights(ModelConfig config,
+                                                                    ModelWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  size_t weight_bytes() const { return weights_.bytes; }
+
+  // Runs the batch: writes every token's latent and roped key into `cache`
+  // and returns the requested logits, rows in batch order ([rows][vocab]).
+  absl::Status Forward(const std::vector<ForwardChunk>& batch, KvCache& cache, ThreadPool& pool,
+                       std::vector<float>* logits);
+
+ private:
+  DeepseekModel(ModelConfig config, ModelWeights weights);
+
+  void Attention(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
+                 ThreadPool& pool);
+  void AttentionCore(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
+                     ThreadPool& pool);
+  void Mlp(const MlpWeights& mlp, const float* x, int64_t rows, float* out, ThreadPool& pool);
+  void Moe(const MoeWeights& moe, ThreadPool& pool);
+  void Route(const MoeWeights& moe, int64_t t, std::vector<int>* experts,
+             std::vector<float>* weights) const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::vector<float> inv_freq_;
+  float cos_sin_scale_;
+  float softmax_scale_;
+
+  // Workspace reused across calls; sized for the largest batch seen.
+  struct Workspace {
+    int64_t tokens = 0;
+    std::vector<int64_t> positions;    // [T]
+    std::vector<int> chunk_of_token;   // [T]
+    std::vector<float> x, xn;          // [T][hidden]
+    std::vector<float> q_a;            // [T][q_lora]
+    std::vector<float> q;              // [T][heads][nope+rope]
+    std::vector<float> kv;             // [T][lora+rope]
+    std::vector<float> q_full;         // [T][heads][lora+rope]
+    std::vector<float> o_latent;       // [T][heads][lora]
+    std::vector<float> attn_v;         // [T][heads][v]
+    std::vector<float> out;            // [T][hidden]
+    std::vector<float> mlp_hidden;     // [T][2*inter]
+    std::vector<float> router_logits;  // [T][experts]
+    std::vector<float> expert_in, expert_out;
+  } ws_;
+};
+
+}  // namespace baton
+
+#endif  // BATON_ENGINE_DEEPSEEK_MODEL_H_

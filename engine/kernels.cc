@@ -1,0 +1,108 @@
+#include "engine/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/kernels_avx512.h"
+
+namespace baton::kernels {
+namespace {
+
+bool HasAvx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+}
+
+template <typename LoadW>
+void MatMulRowsGeneric(const float* x, int64_t ldx, int64_t m, int64_t k, LoadW load_w,
+                       int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    for (int64_t i = 0; i < m; ++i) {
+      const float* xi = x + i * ldx;
+      float acc = 0.f;
+      for (int64_t c = 0; c < k; ++c) acc += xi[c] * load_w(j, c);
+      y[i * ldy + (j - row_begin)] = acc;
+    }
+  }
+}
+
+}  // namespace
+
+const char* IsaName() { return HasAvx512() ? "avx512" : "generic"; }
+
+void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
+                int64_t row_end, float* y, int64_t ldy) {
+  if (HasAvx512()) {
+    avx512::MatMulRows(x, ldx, m, w, row_begin, row_end, y, ldy);
+    return;
+  }
+  const int64_t k = w.cols;
+  if (w.dtype == DType::kF32) {
+    const float* data = w.f32();
+    MatMulRowsGeneric(
+        x, ldx, m, k, [&](int64_t j, int64_t c) { return data[j * k + c]; }, row_begin, row_end, y,
+        ldy);
+  } else {
+    const uint16_t* data = w.bf16();
+    MatMulRowsGeneric(
+        x, ldx, m, k, [&](int64_t j, int64_t c) { return Bf16ToFloat(data[j * k + c]); }, row_begin,
+        row_end, y, ldy);
+  }
+}
+
+void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
+            ThreadPool& pool) {
+  // Panels of x rows keep the activations cache-resident while every thread
+  // streams its own contiguous slice of weight rows.
+  constexpr int64_t kPanel = 64;
+  for (int64_t i0 = 0; i0 < m; i0 += kPanel) {
+    const int64_t rows = std::min(kPanel, m - i0);
+    pool.ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end) {
+      MatMulRows(x + i0 * ldx, ldx, rows, w, begin, end, y + i0 * ldy + begin, ldy);
+    });
+  }
+}
+
+float Dot(const float* a, const float* b, int64_t n) {
+  if (HasAvx512()) return avx512::Dot(a, b, n);
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void Axpy(float a, const float* x, float* y, int64_t n) {
+  if (HasAvx512()) {
+    avx512::Axpy(a, x, y, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out) {
+  const float mean_square = Dot(x, x, n) / static_cast<float>(n);
+  const float scale = 1.0f / std::sqrt(mean_square + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin) {
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const float a = x[2 * i], b = x[2 * i + 1];
+    x[2 * i] = a * cos[i] - b * sin[i];
+    x[2 * i + 1] = a * sin[i] + b * cos[i];
+  }
+}
+
+void Softmax(float* x, int64_t n) {
+  float max = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+}  // namespace baton::kernels

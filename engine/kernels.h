@@ -1,0 +1,41 @@
+// CPU kernels of the forward pass. Each has a portable version and, where it
+// decides speed, an AVX-512 version chosen once at run time.
+// All functions are thread-safe; those taking a ThreadPool use it and must be
+// called from the pool's owner thread.
+#ifndef BATON_ENGINE_KERNELS_H_
+#define BATON_ENGINE_KERNELS_H_
+
+#include <cstdint>
+
+#include "engine/tensor.h"
+#include "engine/thread_pool.h"
+
+namespace baton::kernels {
+
+// The instruction set the dispatching kernels use ("avx512" or "generic").
+const char* IsaName();
+
+// y[i][j] = sum_k x[i][k] * w[j][k] for i < m, j < w.rows, k < w.cols; x has
+// leading dimension ldx, y has leading dimension ldy. Each weight row is read
+// once for all m rows of x (m small: decode) or once per 64-row panel.
+void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
+            ThreadPool& pool);
+// The same on rows [row_begin, row_end) of w only, single-threaded; y column
+// 0 is weight row row_begin.
+void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
+                int64_t row_end, float* y, int64_t ldy);
+
+float Dot(const float* a, const float* b, int64_t n);
+// y += a * x
+void Axpy(float a, const float* x, float* y, int64_t n);
+// out = x * rsqrt(mean(x^2) + eps) * weight (out may alias x).
+void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* out);
+// Rotates interleaved pairs (x[2i], x[2i+1]) by the angle whose cosine and
+// sine are cos[i] and sin[i].
+void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin);
+// In-place softmax over n values.
+void Softmax(float* x, int64_t n);
+
+}  // namespace baton::kernels
+
+#endif  // BATON_ENGINE_KERNELS_H_

@@ -1,0 +1,110 @@
+#include "engine/kernels_avx512.h"
+
+// GCC 12 flags the deliberately undefined registers inside its own AVX-512
+// reduction intrinsics (_mm512_reduce_add_ps); the warning is spurious.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#define BATON_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+namespace baton::kernels::avx512 {
+namespace {
+
+BATON_AVX512 inline __m512 LoadWeights(const float* p, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, p);
+}
+
+// bf16 -> f32 is exact: the bf16 bits are the high half of the float.
+BATON_AVX512 inline __m512 LoadWeights(const uint16_t* p, __mmask16 mask) {
+  const __m256i raw = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// A register tile: R weight rows times T activation rows, 16 columns at a
+// time, R*T accumulators. Each weight vector loaded feeds T FMAs.
+template <int R, int T, typename W>
+BATON_AVX512 void Tile(const float* x, int64_t ldx, int64_t k, const W* w, float* y, int64_t ldy) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < k; c += 16) {
+    const __mmask16 mask = k - c >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - c)) - 1);
+    __m512 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * ldx + c);
+    for (int r = 0; r < R; ++r) {
+      const __m512 wv = LoadWeights(w + r * k + c, mask);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <int R, typename W>
+BATON_AVX512 void TileRows(const float* x, int64_t ldx, int64_t m, int64_t k, const W* w, float* y,
+                           int64_t ldy) {
+  int64_t i = 0;
+  for (; i + 4 <= m; i += 4) Tile<R, 4>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+  switch (m - i) {
+    case 3:
+      Tile<R, 3>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+      break;
+    case 2:
+      Tile<R, 2>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+      break;
+    case 1:
+      Tile<R, 1>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+      break;
+    default:
+      break;
+  }
+}
+
+template <typename W>
+BATON_AVX512 void MatMulRowsTyped(const float* x, int64_t ldx, int64_t m, int64_t k, const W* w,
+                                  int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  int64_t j = row_begin;
+  for (; j + 4 <= row_end; j += 4) TileRows<4>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
+  for (; j < row_end; ++j) TileRows<1>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
+}
+
+}  // namespace
+
+BATON_AVX512 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w,
+                             int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  if (w.dtype == DType::kF32) {
+    MatMulRowsTyped(x, ldx, m, w.cols, w.f32(), row_begin, row_end, y, ldy);
+  } else {
+    MatMulRowsTyped(x, ldx, m, w.cols, w.bf16(), row_begin, row_end, y, ldy);
+  }
+}
+
+BATON_AVX512 float Dot(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 mask = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, a + i), _mm512_maskz_loadu_ps(mask, b + i),
+                           acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+BATON_AVX512 void Axpy(float a, const float* x, float* y, int64_t n) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 yv = _mm512_maskz_loadu_ps(mask, y + i);
+    _mm512_mask_storeu_ps(y + i, mask, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, x + i), yv));
+  }
+}
+
+}  // namespace baton::kernels::avx512

@@ -1,0 +1,71 @@
+#include "engine/kv_cache.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace baton {
+
+KvBlocks::KvBlocks(KvBlocks&& other) noexcept
+    : cache_(other.cache_), table_(std::move(other.table_)) {
+  other.table_.clear();
+}
+
+KvBlocks& KvBlocks::operator=(KvBlocks&& other) noexcept {
+  if (this != &other) {
+    Release();
+    cache_ = other.cache_;
+    table_ = std::move(other.table_);
+    other.table_.clear();
+  }
+  return *this;
+}
+
+int64_t KvBlocks::capacity_tokens() const {
+  return cache_ == nullptr ? 0 : static_cast<int64_t>(table_.size()) * cache_->block_size();
+}
+
+bool KvBlocks::Reserve(int64_t num_tokens) {
+  if (cache_ == nullptr) return num_tokens == 0;
+  const int64_t needed = cache_->BlocksFor(num_tokens) - static_cast<int64_t>(table_.size());
+  if (needed <= 0) return true;
+  if (needed > cache_->free_blocks()) return false;
+  for (int64_t i = 0; i < needed; ++i) {
+    table_.push_back(cache_->free_list_.back());
+    cache_->free_list_.pop_back();
+  }
+  return true;
+}
+
+void KvBlocks::Release() {
+  if (cache_ == nullptr) return;
+  // Reverse order so that a sequence allocated and freed alone gets the same
+  // blocks back next time (stable memory for tests and caches).
+  for (auto it = table_.rbegin(); it != table_.rend(); ++it) cache_->free_list_.push_back(*it);
+  table_.clear();
+}
+
+KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks)
+    : num_layers_(num_layers),
+      width_(width),
+      block_size_(block_size),
+      num_blocks_(num_blocks),
+      storage_(static_cast<size_t>(num_layers) * num_blocks * block_size * width * sizeof(float)) {
+  free_list_.reserve(num_blocks);
+  for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
+}
+
+void KvCache::ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
+                          float* out) const {
+  for (int64_t pos = begin; pos < end; ++pos) {
+    std::memcpy(out + (pos - begin) * width_, Row(layer, table, pos), width_ * sizeof(float));
+  }
+}
+
+void KvCache::ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
+                          const float* in) {
+  for (int64_t pos = begin; pos < end; ++pos) {
+    std::memcpy(Row(layer, table, pos), in + (pos - begin) * width_, width_ * sizeof(float));
+  }
+}
+
+}  // namespace baton

@@ -1,0 +1,230 @@
+// The engine against DeepSeek's official implementation (tests/data/golden):
+// greedy tokens identical and fp32 logits within 1e-3 of `fp32/absorb` at
+// every prompt position and decode step; chunked prefill, decoding through
+// the cache and batching must not change the logits.
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "engine/deepseek_model.h"
+#include "engine/safetensors.h"
+#include "engine/weights.h"
+#include "gtest/gtest.h"
+
+namespace baton {
+namespace {
+
+constexpr float kGoldenTolerance = 1e-3f;
+
+struct GoldenCase {
+  std::string name;     // Directory under tests/data/golden.
+  std::string weights;  // Subdirectory holding the checkpoint ("" or "fp32").
+};
+
+std::string CaseDir(const GoldenCase& c) {
+  return std::string(BATON_TEST_DATA) + "/golden/" + c.name;
+}
+
+struct Golden {
+  std::vector<int32_t> input_ids, fed_tokens, greedy_tokens;
+  std::vector<float> prefill_all, prefill_last, decode;  // fp32/absorb
+};
+
+std::vector<int32_t> ReadIds(const SafetensorsFile& f, const std::string& name) {
+  const TensorView& v = f.tensors().at(name);
+  std::vector<int32_t> out(v.num_elements());
+  for (size_t i = 0; i < out.size(); ++i) {
+    int64_t x;
+    std::memcpy(&x, v.data + 8 * i, 8);
+    out[i] = static_cast<int32_t>(x);
+  }
+  return out;
+}
+
+std::vector<float> ReadFloats(const SafetensorsFile& f, const std::string& name) {
+  const TensorView& v = f.tensors().at(name);
+  std::vector<float> out(v.num_elements());
+  std::memcpy(out.data(), v.data, v.num_bytes);
+  return out;
+}
+
+Golden LoadGolden(const GoldenCase& c) {
+  auto file = SafetensorsFile::Open(CaseDir(c) + "/golden.safetensors");
+  Golden g;
+  if (!file.ok()) {
+    ADD_FAILURE() << file.status();
+    return g;
+  }
+  g.input_ids = ReadIds(**file, "input_ids");
+  g.fed_tokens = ReadIds(**file, "fed_tokens");
+  g.greedy_tokens = ReadIds(**file, "greedy_tokens");
+  g.prefill_all = ReadFloats(**file, "fp32.absorb.prefill_all_logits");
+  g.prefill_last = ReadFloats(**file, "fp32.absorb.prefill_last_logits");
+  g.decode = ReadFloats(**file, "fp32.absorb.decode_logits");
+  return g;
+}
+
+float MaxAbsDiff(const float* a, const float* b, size_t n) {
+  float m = 0.f;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+int Argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
+
+class GoldenTest : public ::testing::TestWithParam<GoldenCase> {
+ protected:
+  void SetUp() override {
+    auto model = DeepseekModel::Load(CaseDir(GetParam()) + "/" + GetParam().weights, {});
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model);
+    golden_ = LoadGolden(GetParam());
+    ASSERT_FALSE(golden_.input_ids.empty());
+    vocab_ = model_->config().vocab_size;
+    cache_ = std::make_unique<KvCache>(model_->config().num_hidden_layers,
+                                       model_->config().kv_cache_width(), 16, 256);
+  }
+
+  std::unique_ptr<DeepseekModel> model_;
+  Golden golden_;
+  int vocab_ = 0;
+  std::unique_ptr<KvCache> cache_;
+  ThreadPool pool_{2};
+};
+
+TEST_P(GoldenTest, PrefillAndDecodeMatchTheReference) {
+  KvBlocks blocks(cache_.get());
+  const int64_t prompt = static_cast<int64_t>(golden_.input_ids.size());
+  const int64_t steps = static_cast<int64_t>(golden_.fed_tokens.size());
+  ASSERT_TRUE(blocks.Reserve(prompt + steps));
+
+  std::vector<float> logits;
+  ForwardChunk chunk{golden_.input_ids.data(), prompt, 0, &blocks.table(), LogitsMode::kAll};
+  ASSERT_TRUE(model_->Forward({chunk}, *cache_, pool_, &logits).ok());
+  ASSERT_EQ(logits.size(), golden_.prefill_all.size());
+  EXPECT_LT(MaxAbsDiff(logits.data(), golden_.prefill_all.data(), logits.size()), kGoldenTolerance)
+      << "every prompt position";
+  const float* last = &logits[(prompt - 1) * vocab_];
+  EXPECT_LT(MaxAbsDiff(last, golden_.prefill_last.data(), vocab_), kGoldenTolerance);
+  EXPECT_EQ(Argmax(last, vocab_), golden_.greedy_tokens[0]);
+
+  for (int64_t k = 0; k < steps; ++k) {
+    ForwardChunk step{&golden_.fed_tokens[k], 1, prompt + k, &blocks.table(), LogitsMode::kLast};
+    ASSERT_TRUE(model_->Forward({step}, *cache_, pool_, &logits).ok());
+    EXPECT_LT(MaxAbsDiff(logits.data(), &golden_.decode[k * vocab_], vocab_), kGoldenTolerance)
+        << "decode step " << k;
+    EXPECT_EQ(Argmax(logits.data(), vocab_), golden_.greedy_tokens[k + 1]) << "decode step " << k;
+  }
+}
+
+TEST_P(GoldenTest, AnyChunkingGivesTheSameLogits) {
+  const int64_t prompt = static_cast<int64_t>(golden_.input_ids.size());
+  std::vector<float> full;
+  {
+    KvBlocks blocks(cache_.get());
+    ASSERT_TRUE(blocks.Reserve(prompt));
+    ForwardChunk chunk{golden_.input_ids.data(), prompt, 0, &blocks.table(), LogitsMode::kAll};
+    ASSERT_TRUE(model_->Forward({chunk}, *cache_, pool_, &full).ok());
+  }
+  for (const std::vector<int64_t>& sizes : std::vector<std::vector<int64_t>>{
+           {1, prompt - 1}, {17, 16, prompt - 33}, {prompt / 2, prompt - prompt / 2}}) {
+    KvBlocks blocks(cache_.get());
+    ASSERT_TRUE(blocks.Reserve(prompt));
+    int64_t pos = 0;
+    for (int64_t size : sizes) {
+      std::vector<float> logits;
+      ForwardChunk chunk{&golden_.input_ids[pos], size, pos, &blocks.table(), LogitsMode::kAll};
+      ASSERT_TRUE(model_->Forward({chunk}, *cache_, pool_, &logits).ok());
+      EXPECT_LT(MaxAbsDiff(logits.data(), &full[pos * vocab_], size * vocab_), 1e-4f)
+          << "chunk at " << pos << " of size " << size;
+      pos += size;
+    }
+  }
+  // Token by token through the cache.
+  KvBlocks blocks(cache_.get());
+  ASSERT_TRUE(blocks.Reserve(prompt));
+  for (int64_t pos = 0; pos < prompt; ++pos) {
+    std::vector<float> logits;
+    ForwardChunk chunk{&golden_.input_ids[pos], 1, pos, &blocks.table(), LogitsMode::kLast};
+    ASSERT_TRUE(model_->Forward({chunk}, *cache_, pool_, &logits).ok());
+    EXPECT_LT(MaxAbsDiff(logits.data(), &full[pos * vocab_], vocab_), 1e-4f) << "position " << pos;
+  }
+}
+
+TEST_P(GoldenTest, BatchingDoesNotChangeTheLogits) {
+  const int64_t prompt = static_cast<int64_t>(golden_.input_ids.size());
+  std::vector<float> alone;
+  {
+    KvBlocks blocks(cache_.get());
+    ASSERT_TRUE(blocks.Reserve(prompt));
+    ForwardChunk chunk{golden_.input_ids.data(), prompt, 0, &blocks.table(), LogitsMode::kLast};
+    ASSERT_TRUE(model_->Forward({chunk}, *cache_, pool_, &alone).ok());
+  }
+  // 15 other sequences: prefill chunks of varied length and offset, and
+  // decodes, around the same prompt in position 7.
+  std::vector<KvBlocks> blocks;
+  std::vector<std::vector<int32_t>> tokens(16);
+  std::vector<ForwardChunk> batch;
+  for (int s = 0; s < 16; ++s) {
+    blocks.emplace_back(cache_.get());
+    if (s == 7) {
+      tokens[s] = golden_.input_ids;
+    } else {
+      for (int i = 0; i < 1 + (s * 5) % 23; ++i) tokens[s].push_back((s * 31 + i * 7) % vocab_);
+    }
+  }
+  for (int s = 0; s < 16; ++s) {
+    const int64_t start = s == 7 ? 0 : s % 3;  // Some continue an earlier prefix.
+    ASSERT_TRUE(blocks[s].Reserve(start + tokens[s].size()));
+    if (start > 0) {
+      std::vector<int32_t> prefix(start, 3);
+      std::vector<float> ignored;
+      ForwardChunk p{prefix.data(), start, 0, &blocks[s].table(), LogitsMode::kNone};
+      ASSERT_TRUE(model_->Forward({p}, *cache_, pool_, &ignored).ok());
+    }
+    batch.push_back({tokens[s].data(), static_cast<int64_t>(tokens[s].size()), start,
+                     &blocks[s].table(), LogitsMode::kLast});
+  }
+  std::vector<float> logits;
+  ASSERT_TRUE(model_->Forward(batch, *cache_, pool_, &logits).ok());
+  ASSERT_EQ(logits.size(), 16u * vocab_);
+  EXPECT_LT(MaxAbsDiff(&logits[7 * vocab_], alone.data(), vocab_), 1e-5f);
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoints, GoldenTest,
+                         ::testing::Values(GoldenCase{"tiny-a", ""}, GoldenCase{"tiny-a", "fp32"},
+                                           GoldenCase{"tiny-a-fp8", ""},
+                                           GoldenCase{"tiny-a-fp8", "fp32"}),
+                         [](const auto& info) {
+                           std::string n =
+                               info.param.name + (info.param.weights.empty() ? "" : "_fp32");
+                           for (char& ch : n) {
+                             if (ch == '-') ch = '_';
+                           }
+                           return n;
+                         });
+
+// The FP8 loader must reproduce the reference's dequantized weights exactly.
+TEST(Fp8Test, DequantizedWeightsEqualTheFp32CheckpointBitForBit) {
+  const std::string dir = std::string(BATON_TEST_DATA) + "/golden/tiny-a-fp8";
+  auto fp8 = Checkpoint::Open(dir);
+  auto fp32 = Checkpoint::Open(dir + "/fp32");
+  ASSERT_TRUE(fp8.ok() && fp32.ok());
+  int checked = 0;
+  for (const std::string& name : (*fp8)->Names()) {
+    const TensorView* v = (*fp8)->Find(name);
+    if (v->dtype != DType::kF8E4M3) continue;
+    const TensorView* want = (*fp32)->Find(name);
+    ASSERT_NE(want, nullptr) << name;
+    auto m = ToMatrix(*v, v->shape[0], v->shape[1], (*fp8)->Find(name + "_scale_inv"), false);
+    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_EQ(m->dtype, DType::kF32);
+    ASSERT_EQ(std::memcmp(m->f32(), want->data, want->num_bytes), 0) << name;
+    ++checked;
+  }
+  EXPECT_GT(checked, 100);
+}
+
+}  // namespace
+}  // namespace baton

@@ -1,0 +1,81 @@
+#include "engine/kernels.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace baton {
+namespace {
+
+Matrix RandomMatrix(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::normal_distribution<float> dist;
+  Matrix m(dtype, rows, cols);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    if (dtype == DType::kF32) {
+      m.f32()[i] = dist(rng);
+    } else {
+      m.bf16()[i] = FloatToBf16(dist(rng));
+    }
+  }
+  return m;
+}
+
+// Every shape class: tails of 16 columns, 4 rows and 4 tokens, and panels.
+TEST(KernelsTest, MatMulMatchesNaiveForAllShapesAndTypes) {
+  std::mt19937 rng(7);
+  ThreadPool pool(2);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{
+             {1, 1, 1}, {1, 7, 33}, {3, 9, 16}, {5, 13, 100}, {70, 21, 64}, {130, 4, 17}}) {
+      Matrix w = RandomMatrix(dtype, n, k, rng);
+      std::vector<float> x(m * (k + 3));
+      std::normal_distribution<float> dist;
+      for (float& v : x) v = dist(rng);
+      std::vector<float> y(m * (n + 2), -1.f);
+      kernels::MatMul(x.data(), k + 3, m, w, y.data(), n + 2, pool);
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) {
+          double want = 0;
+          for (int c = 0; c < k; ++c) want += double{x[i * (k + 3) + c]} * w.At(j, c);
+          EXPECT_NEAR(y[i * (n + 2) + j], want, 1e-4 * std::sqrt(k) + 1e-5)
+              << DTypeName(dtype) << " m=" << m << " n=" << n << " k=" << k;
+        }
+        EXPECT_EQ(y[i * (n + 2) + n], -1.f) << "wrote past the row";
+      }
+    }
+  }
+}
+
+TEST(KernelsTest, RmsNormSoftmaxRope) {
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
+  kernels::RmsNorm(x.data(), w.data(), 4, 0.f, out.data());
+  const float rms = std::sqrt((1 + 4 + 9 + 16) / 4.f);
+  EXPECT_NEAR(out[3], 4 / rms * 2, 1e-6);
+
+  std::vector<float> s = {0, std::log(3.f)};
+  kernels::Softmax(s.data(), 2);
+  EXPECT_NEAR(s[0], 0.25, 1e-6);
+
+  std::vector<float> r = {1, 0, 0, 1};
+  std::vector<float> cos = {0, 1}, sin = {1, 0};  // Rotate pair 0 by 90 degrees.
+  kernels::RopeInterleaved(r.data(), 4, cos.data(), sin.data());
+  EXPECT_NEAR(r[0], 0, 1e-7);
+  EXPECT_NEAR(r[1], 1, 1e-7);
+  EXPECT_NEAR(r[3], 1, 1e-7);
+}
+
+TEST(ThreadPoolTest, ParallelForCoversEveryIndexOnce) {
+  ThreadPool pool(2);
+  for (int64_t n : {0, 1, 5, 1000}) {
+    std::vector<int> hits(n, 0);
+    pool.ParallelFor(n, 3, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) ++hits[i];
+    });
+    for (int h : hits) EXPECT_EQ(h, 1);
+  }
+}
+
+}  // namespace
+}  // namespace baton
