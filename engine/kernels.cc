@@ -58,7 +58,11 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
   constexpr int64_t kPanel = 64;
   for (int64_t i0 = 0; i0 < m; i0 += kPanel) {
     const int64_t rows = std::min(kPanel, m - i0);
-    pool.ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end) {
+    // Chunks of at least ~32K multiply-adds: smaller ones cost more to hand
+    // out than to compute.
+    const int64_t grain =
+        std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, rows * w.cols));
+    pool.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
       MatMulRows(x + i0 * ldx, ldx, rows, w, begin, end, y + i0 * ldy + begin, ldy);
     });
   }

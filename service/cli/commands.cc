@@ -22,11 +22,11 @@ int RunVersion(const Args& args) {
 
 const std::vector<Command>& AllCommands() {
   static const std::vector<Command> kCommands = {
-      {"serve", "serve a model over gRPC: prefill and decode in one process", nullptr},
+      {"serve", "serve a model over gRPC: prefill and decode in one process", &RunServe},
       {"prefill", "run a prefill worker that pushes KV to decode workers", nullptr},
       {"decode", "run a decode worker that receives KV and streams tokens", nullptr},
       {"router", "the public endpoint in front of prefill and decode pools", nullptr},
-      {"generate", "stream a completion from a running server to stdout", nullptr},
+      {"generate", "stream a completion from a running server to stdout", &RunGenerate},
       {"bench", "measure latency and throughput of a running server", nullptr},
       {"version", "print the version", &RunVersion},
   };

@@ -21,6 +21,11 @@ struct Command {
 const std::vector<Command>& AllCommands();
 
 int RunVersion(const Args& args);
+int RunServe(const Args& args);
+int RunGenerate(const Args& args);
+
+// The embedded default model's directory.
+std::string DefaultModelDir();
 
 }  // namespace baton::cli
 

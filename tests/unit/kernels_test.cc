@@ -1,5 +1,6 @@
 #include "engine/kernels.h"
 
+#include <atomic>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -74,6 +75,23 @@ TEST(ThreadPoolTest, ParallelForCoversEveryIndexOnce) {
       for (int64_t i = b; i < e; ++i) ++hits[i];
     });
     for (int h : hits) EXPECT_EQ(h, 1);
+  }
+}
+
+// Back-to-back jobs of different shapes: a worker late for one job must never
+// run a chunk of the next with the wrong fields.
+TEST(ThreadPoolTest, BackToBackJobsNeverOverlap) {
+  ThreadPool pool(3);
+  std::vector<std::atomic<int>> hits(256);
+  for (int job = 0; job < 20000; ++job) {
+    const int64_t n = 1 + (job * 37) % 256;
+    const int64_t grain = 1 + job % 5;
+    pool.ParallelFor(n, grain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+    });
+    for (int64_t i = 0; i < 256; ++i) {
+      ASSERT_EQ(hits[i].exchange(0), i < n ? 1 : 0) << "job " << job << " index " << i;
+    }
   }
 }
 

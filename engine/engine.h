@@ -1,0 +1,123 @@
+// The continuously batched engine: requests join and leave the running batch
+// between steps; each Step() decides how many tokens every request gets (a
+// decode token, or a prefill chunk under the per-step token budget), runs one
+// forward pass over all of them, and samples.
+//
+// Thread-safety: not thread-safe. One thread (the engine loop, see
+// engine_loop.h) owns an Engine and calls everything on it.
+#ifndef BATON_ENGINE_ENGINE_H_
+#define BATON_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/deepseek_model.h"
+#include "engine/kv_cache.h"
+#include "engine/sampler.h"
+#include "engine/thread_pool.h"
+
+namespace baton {
+
+struct EngineOptions {
+  int threads = 0;                  // 0: one per core.
+  int kv_block_size = 16;           // Tokens per KV block.
+  int64_t kv_cache_bytes = 0;       // 0: room for max_running full contexts, capped at 2 GiB.
+  int64_t step_token_budget = 256;  // Prefill + decode tokens per step.
+  int max_running = 64;             // Sequences in the running batch.
+};
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+
+struct EngineRequest {
+  int64_t id = 0;
+  std::vector<int32_t> prompt;
+  SamplingOptions sampling;
+};
+
+// What one step produced for one request.
+struct TokenEvent {
+  int64_t request_id = 0;
+  bool has_token = false;
+  SampledToken token;
+  FinishReason finish = FinishReason::kNone;  // Set on the request's last event.
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  std::string error;  // When finish == kError.
+};
+
+struct EngineStats {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t kv_blocks_used = 0;
+  int64_t kv_blocks_total = 0;
+  int64_t last_step_tokens = 0;
+  int64_t last_step_sequences = 0;
+  int64_t preemptions = 0;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<DeepseekModel> model,
+                                                        const EngineOptions& options);
+
+  const ModelConfig& config() const { return model_->config(); }
+  const DeepseekModel& model() const { return *model_; }
+  const EngineOptions& options() const { return options_; }
+
+  // Checks the request against the model (ids in the vocabulary, prompt plus
+  // max_tokens within the context, sampling ranges). The message names the
+  // field.
+  absl::Status Validate(const EngineRequest& request) const;
+  // Queues a validated request; it joins the batch in a later step.
+  absl::Status Add(EngineRequest request);
+  // Ends a request now and frees its KV blocks; its final event (kCancelled)
+  // comes from the next Step(). Unknown ids are ignored.
+  void Cancel(int64_t request_id);
+
+  bool HasWork() const { return !running_.empty() || !waiting_.empty() || !finished_.empty(); }
+  // Runs one step and returns its events.
+  std::vector<TokenEvent> Step();
+
+  EngineStats stats() const;
+  KvCache& kv_cache() { return *cache_; }
+
+ private:
+  struct Sequence {
+    EngineRequest request;
+    std::vector<int32_t> output;
+    KvBlocks blocks;
+    int64_t computed = 0;  // Tokens whose KV is in the cache.
+    uint64_t seed = 0;
+    int64_t total_tokens() const {
+      return static_cast<int64_t>(request.prompt.size() + output.size());
+    }
+  };
+
+  Engine(std::unique_ptr<DeepseekModel> model, const EngineOptions& options, int64_t kv_blocks);
+  void Preempt(Sequence& victim);
+  TokenEvent Finish(Sequence& s, FinishReason reason);
+
+  std::unique_ptr<DeepseekModel> model_;
+  EngineOptions options_;
+  ThreadPool pool_;
+  std::unique_ptr<KvCache> cache_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // In admission order.
+  std::vector<TokenEvent> finished_;                // Cancellations to report next step.
+  std::vector<float> logits_;
+  uint64_t seed_counter_ = 0;
+  int64_t last_step_tokens_ = 0;
+  int64_t last_step_sequences_ = 0;
+  int64_t preemptions_ = 0;
+};
+
+const char* FinishReasonName(FinishReason reason);
+
+}  // namespace baton
+
+#endif  // BATON_ENGINE_ENGINE_H_

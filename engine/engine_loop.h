@@ -1,0 +1,86 @@
+// The façade the services use: an Engine driven by its own thread. Submit()
+// and Cancel() only enqueue and wake the loop, so callers (gRPC callbacks)
+// never block on model work. Events are delivered on the loop thread through
+// each request's callback, which must not block either.
+//
+// Thread-safety: every public method is thread-safe.
+#ifndef BATON_ENGINE_ENGINE_LOOP_H_
+#define BATON_ENGINE_ENGINE_LOOP_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "engine/engine.h"
+
+namespace baton {
+
+struct StepInfo {
+  absl::Duration duration;
+  int64_t tokens = 0;
+  int64_t sequences = 0;
+};
+
+struct EngineLoopOptions {
+  // Requests waiting beyond the running batch; Submit() refuses more with
+  // RESOURCE_EXHAUSTED.
+  int64_t max_queued = 256;
+  // Called on the loop thread after every step (metrics).
+  std::function<void(const StepInfo&)> on_step;
+};
+
+class EngineLoop {
+ public:
+  using Callback = std::function<void(const TokenEvent&)>;
+
+  EngineLoop(std::unique_ptr<Engine> engine, EngineLoopOptions options);
+  // Cancels whatever is still running and joins the thread.
+  ~EngineLoop();
+  EngineLoop(const EngineLoop&) = delete;
+  EngineLoop& operator=(const EngineLoop&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const Engine& engine() const { return *engine_; }
+
+  // Validates and enqueues; returns the request's id. The callback receives
+  // every event of the request, the last one with finish != kNone.
+  absl::StatusOr<int64_t> Submit(EngineRequest request, Callback callback);
+  // Ends the request as soon as the loop wakes; its blocks are freed then.
+  void Cancel(int64_t request_id);
+
+  // A snapshot taken after the latest step.
+  EngineStats stats() const;
+
+ private:
+  void Run();
+
+  std::unique_ptr<Engine> engine_;
+  const ModelConfig config_;
+  EngineLoopOptions options_;
+
+  mutable absl::Mutex mu_;
+  struct Submission {
+    EngineRequest request;
+    Callback callback;
+  };
+  std::vector<Submission> submissions_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> cancels_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  EngineStats stats_ ABSL_GUARDED_BY(mu_);
+  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+
+  // Owned by the loop thread.
+  std::map<int64_t, Callback> callbacks_;
+  std::thread thread_;
+};
+
+}  // namespace baton
+
+#endif  // BATON_ENGINE_ENGINE_LOOP_H_

@@ -1,0 +1,68 @@
+// baton.v1.Inference over an EngineLoop: Generate streams tokens as the
+// engine samples them; GetModelInfo and Tokenize answer at once. gRPC
+// callbacks never wait for the engine: requests are enqueued, and tokens are
+// pushed to the stream from the engine's thread.
+//
+// Thread-safety: all methods are called by gRPC on its threads; shared state
+// is atomic or owned by thread-safe members.
+#ifndef BATON_SERVICE_INFERENCE_SERVICE_H_
+#define BATON_SERVICE_INFERENCE_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "baton/v1/inference.grpc.pb.h"
+#include "engine/engine_loop.h"
+#include "engine/tokenizer.h"
+#include "service/metrics.h"
+
+namespace baton {
+
+struct InferenceServiceOptions {
+  std::string model_name;
+  v1::Role role = v1::ROLE_COLOCATED;
+  int64_t max_tokens_limit = 4096;
+};
+
+// Converts and checks a request; errors are INVALID_ARGUMENT naming the
+// field. `tokenizer` may be null (token-id prompts only).
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request,
+                                              const Tokenizer* tokenizer, const ModelConfig& config,
+                                              int64_t max_tokens_limit);
+
+class InferenceService final : public v1::Inference::CallbackService {
+ public:
+  // `tokenizer` may be null; every pointer must outlive the service.
+  InferenceService(EngineLoop* loop, const Tokenizer* tokenizer, ServiceMetrics* metrics,
+                   InferenceServiceOptions options);
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+
+  // New Generate calls get UNAVAILABLE from now on; running ones go on.
+  void StartDraining() { draining_.store(true); }
+  int active_streams() const { return active_streams_.load(); }
+
+ private:
+  class GenerateStream;
+
+  EngineLoop* loop_;
+  const Tokenizer* tokenizer_;
+  ServiceMetrics* metrics_;
+  InferenceServiceOptions options_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> active_streams_{0};
+  std::atomic<uint64_t> next_request_number_{1};
+};
+
+}  // namespace baton
+
+#endif  // BATON_SERVICE_INFERENCE_SERVICE_H_
