@@ -27,7 +27,7 @@ const std::vector<Command>& AllCommands() {
       {"decode", "run a decode worker that receives KV and streams tokens", nullptr},
       {"router", "the public endpoint in front of prefill and decode pools", nullptr},
       {"generate", "stream a completion from a running server to stdout", &RunGenerate},
-      {"bench", "measure latency and throughput of a running server", nullptr},
+      {"bench", "measure latency and throughput of a running server", &RunBench},
       {"version", "print the version", &RunVersion},
   };
   return kCommands;

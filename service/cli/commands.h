@@ -23,6 +23,7 @@ const std::vector<Command>& AllCommands();
 int RunVersion(const Args& args);
 int RunServe(const Args& args);
 int RunGenerate(const Args& args);
+int RunBench(const Args& args);
 
 // The embedded default model's directory.
 std::string DefaultModelDir();
