@@ -98,6 +98,8 @@ absl::Status DeepseekModel::Forward(const std::vector<ForwardChunk>& batch, KvCa
   }
   Workspace& ws = ws_;
   ws.tokens = total;
+  stats_ = ForwardStats();
+  stats_.tokens = total;
   EnsureSize(ws.positions, total);
   EnsureSize(ws.chunk_of_token, total);
   EnsureSize(ws.x, total * hidden);
@@ -154,7 +156,14 @@ absl::Status DeepseekModel::Forward(const std::vector<ForwardChunk>& batch, KvCa
   }
   logits->resize(n * c.vocab_size);
   kernels::MatMul(ws.xn.data(), hidden, n, weights_.head(), logits->data(), c.vocab_size, pool);
+  if (n > 0) Account(weights_.head(), n);
+  stats_.weight_bytes += total * hidden * DTypeSize(weights_.embed.dtype);  // Embedding rows.
   return absl::OkStatus();
+}
+
+void DeepseekModel::Account(const Matrix& m, int64_t rows_of_x) {
+  stats_.weight_bytes += static_cast<int64_t>(m.bytes());
+  stats_.flops += 2 * m.rows * m.cols * rows_of_x;
 }
 
 void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
@@ -214,6 +223,14 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   });
 
   AttentionCore(layer, batch, cache, pool);
+  for (const Matrix* m : {&a.q_a, &a.q_b, &a.kv_a, &a.k_up_t, &a.v_up, &a.o}) {
+    if (!m->empty()) Account(*m, T);
+  }
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t len = ws.positions[i] + 1;
+    stats_.kv_bytes += len * width * static_cast<int64_t>(sizeof(float));
+    stats_.flops += 2 * heads * len * (width + lora);
+  }
 
   // Back from latents to values per head, then the output projection.
   EnsureSize(ws.attn_v, T * heads * vdim);
@@ -279,6 +296,8 @@ void DeepseekModel::Mlp(const MlpWeights& mlp, const float* x, int64_t rows, flo
     for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
   }
   kernels::MatMul(ws.mlp_hidden.data(), 2 * inter, rows, mlp.down, out, hidden, pool);
+  Account(mlp.gate_up, rows);
+  Account(mlp.down, rows);
 }
 
 void DeepseekModel::Route(const MoeWeights& moe, int64_t t, std::vector<int>* experts,
@@ -337,6 +356,7 @@ void DeepseekModel::Moe(const MoeWeights& moe, ThreadPool& pool) {
   const int64_t T = ws.tokens, hidden = c.hidden_size, n = c.n_routed_experts;
   EnsureSize(ws.router_logits, T * n);
   kernels::MatMul(ws.xn.data(), hidden, T, moe.router, ws.router_logits.data(), n, pool);
+  Account(moe.router, T);
 
   // Group the tokens by expert so that each expert's weights are read once.
   std::vector<std::vector<std::pair<int64_t, float>>> assigned(n);

@@ -37,6 +37,14 @@ struct ForwardChunk {
   LogitsMode logits = LogitsMode::kLast;
 };
 
+// What the last Forward() had to read: the roofline of a memory-bound step.
+struct ForwardStats {
+  int64_t tokens = 0;
+  int64_t weight_bytes = 0;  // Each weight matrix used, once (routed experts only if chosen).
+  int64_t kv_bytes = 0;      // Each token's attended cache rows, once.
+  int64_t flops = 0;         // Multiply-adds x 2 of matrices and attention.
+};
+
 struct ModelLoadOptions {
   bool force_f32_weights = false;
   bool show_progress = false;  // A progress bar on stderr.
@@ -58,6 +66,7 @@ class DeepseekModel {
   // and returns the requested logits, rows in batch order ([rows][vocab]).
   absl::Status Forward(const std::vector<ForwardChunk>& batch, KvCache& cache, ThreadPool& pool,
                        std::vector<float>* logits);
+  const ForwardStats& last_forward_stats() const { return stats_; }
 
  private:
   DeepseekModel(ModelConfig config, ModelWeights weights);
@@ -71,8 +80,12 @@ class DeepseekModel {
   void Route(const MoeWeights& moe, int64_t t, std::vector<int>* experts,
              std::vector<float>* weights) const;
 
+  // Adds a matrix use to the stats: its bytes once, 2*rows*cols flops per row of x.
+  void Account(const Matrix& m, int64_t rows_of_x);
+
   ModelConfig config_;
   ModelWeights weights_;
+  ForwardStats stats_;
   std::vector<float> inv_freq_;
   float cos_sin_scale_;
   float softmax_scale_;

@@ -2,17 +2,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
+#include "engine/kernels_avx2.h"
 #include "engine/kernels_avx512.h"
 
 namespace baton::kernels {
 namespace {
 
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return has;
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+// Chosen once; BATON_ISA=generic|avx2 forces a lower level (for tests that
+// compare the paths).
+Isa DetectIsa() {
+  Isa best = Isa::kGeneric;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::kAvx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl")) {
+    best = Isa::kAvx512;
+  }
+  if (const char* forced = std::getenv("BATON_ISA")) {
+    const std::string f = forced;
+    if (f == "generic") best = Isa::kGeneric;
+    if (f == "avx2" && best == Isa::kAvx512) best = Isa::kAvx2;
+  }
+  return best;
 }
+
+Isa CurrentIsa() {
+  static const Isa isa = DetectIsa();
+  return isa;
+}
+
+bool HasAvx512() { return CurrentIsa() == Isa::kAvx512; }
+bool HasAvx2() { return CurrentIsa() == Isa::kAvx2; }
 
 template <typename LoadW>
 void MatMulRowsGeneric(const float* x, int64_t ldx, int64_t m, int64_t k, LoadW load_w,
@@ -29,12 +53,26 @@ void MatMulRowsGeneric(const float* x, int64_t ldx, int64_t m, int64_t k, LoadW 
 
 }  // namespace
 
-const char* IsaName() { return HasAvx512() ? "avx512" : "generic"; }
+const char* IsaName() {
+  switch (CurrentIsa()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    case Isa::kGeneric:
+      break;
+  }
+  return "generic";
+}
 
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
                 int64_t row_end, float* y, int64_t ldy) {
   if (HasAvx512()) {
     avx512::MatMulRows(x, ldx, m, w, row_begin, row_end, y, ldy);
+    return;
+  }
+  if (HasAvx2()) {
+    avx2::MatMulRows(x, ldx, m, w, row_begin, row_end, y, ldy);
     return;
   }
   const int64_t k = w.cols;
@@ -70,6 +108,7 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
 
 float Dot(const float* a, const float* b, int64_t n) {
   if (HasAvx512()) return avx512::Dot(a, b, n);
+  if (HasAvx2()) return avx2::Dot(a, b, n);
   float acc = 0.f;
   for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
   return acc;
@@ -78,6 +117,10 @@ float Dot(const float* a, const float* b, int64_t n) {
 void Axpy(float a, const float* x, float* y, int64_t n) {
   if (HasAvx512()) {
     avx512::Axpy(a, x, y, n);
+    return;
+  }
+  if (HasAvx2()) {
+    avx2::Axpy(a, x, y, n);
     return;
   }
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];

@@ -1,0 +1,196 @@
+// baton-engine-bench: prefill and decode tokens/s of the CPU engine on a model
+// directory, each as a fraction of a roofline measured in the same run.
+//
+//   decode: (weight bytes + KV bytes read per step) / step time, against the
+//           measured DRAM read bandwidth;
+//   prefill: matrix and attention FLOPs per second, against the measured
+//           fp32 FMA peak and the bf16 dot-product peak.
+//
+// Decode contexts are filled with synthetic latents (the step's cost does not
+// depend on their values), so a 2048-token context needs no 2048-token prefill.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "bench/roofline.h"
+#include "engine/deepseek_model.h"
+#include "engine/kernels.h"
+#include "nlohmann/json.hpp"
+
+namespace baton::bench {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct DecodeResult {
+  double step_s = 0;
+  double bytes = 0;
+};
+
+// Median step time of `steps` decode steps of `batch` sequences at `context`.
+DecodeResult Decode(DeepseekModel& model, ThreadPool& pool, int batch, int context, int steps) {
+  const ModelConfig& c = model.config();
+  KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16,
+                int64_t{batch} * ((context + steps + 15) / 16 + 1));
+  std::vector<KvBlocks> blocks;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0.f, 0.5f);
+  std::vector<float> rows(static_cast<size_t>(context) * c.kv_cache_width());
+  for (float& v : rows) v = dist(rng);
+  for (int b = 0; b < batch; ++b) {
+    blocks.emplace_back(&cache);
+    blocks.back().Reserve(context + steps);
+    for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+      cache.ImportLayer(layer, blocks.back().table(), 0, context, rows.data());
+    }
+  }
+  std::vector<int32_t> tokens(batch);
+  for (int b = 0; b < batch; ++b) tokens[b] = 2 + (b * 7919) % (c.vocab_size - 2);
+  std::vector<float> logits;
+  std::vector<double> times, bytes;
+  for (int s = 0; s < steps; ++s) {
+    std::vector<ForwardChunk> chunks;
+    for (int b = 0; b < batch; ++b) {
+      chunks.push_back({&tokens[b], 1, context + s, &blocks[b].table(), LogitsMode::kLast});
+    }
+    const double start = Now();
+    if (!model.Forward(chunks, cache, pool, &logits).ok()) return {};
+    times.push_back(Now() - start);
+    const ForwardStats& st = model.last_forward_stats();
+    bytes.push_back(static_cast<double>(st.weight_bytes + st.kv_bytes));
+    for (int b = 0; b < batch; ++b) {  // Greedy next tokens: realistic routing.
+      const float* row = &logits[static_cast<size_t>(b) * c.vocab_size];
+      tokens[b] = static_cast<int32_t>(std::max_element(row, row + c.vocab_size) - row);
+    }
+  }
+  // Skip the first step (cold caches, page faults).
+  std::vector<size_t> order(times.size() - 1);
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i + 1;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return times[a] < times[b]; });
+  const size_t mid = order[order.size() / 2];
+  return {times[mid], bytes[mid]};
+}
+
+struct PrefillResult {
+  double seconds = 0;
+  double flops = 0;
+};
+
+PrefillResult Prefill(DeepseekModel& model, ThreadPool& pool, int length, int reps) {
+  const ModelConfig& c = model.config();
+  KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16, (length + 15) / 16);
+  KvBlocks blocks(&cache);
+  blocks.Reserve(length);
+  std::vector<int32_t> tokens(length);
+  for (int i = 0; i < length; ++i) tokens[i] = 2 + (i * 7919) % (c.vocab_size - 2);
+  std::vector<float> logits;
+  PrefillResult best;
+  for (int r = 0; r < reps; ++r) {
+    const double start = Now();
+    ForwardChunk chunk{tokens.data(), length, 0, &blocks.table(), LogitsMode::kLast};
+    if (!model.Forward({chunk}, cache, pool, &logits).ok()) return {};
+    const double s = Now() - start;
+    if (best.seconds == 0 || s < best.seconds) {
+      best = {s, static_cast<double>(model.last_forward_stats().flops)};
+    }
+  }
+  return best;
+}
+
+int Main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help") {
+    std::fprintf(stderr,
+                 "usage: baton-engine-bench MODEL_DIR [--quick] [--json FILE]\n"
+                 "Decode tokens/s at batch 1, 8, 32 and contexts 16 and 2048, prefill tokens/s,\n"
+                 "each against a roofline measured in the same run.\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  bool quick = false;
+  std::string json_path;
+  for (int i = 2; i < argc; ++i) {
+    if (std::string(argv[i]) == "--quick") quick = true;
+    if (std::string(argv[i]) == "--json" && i + 1 < argc) json_path = argv[++i];
+  }
+  ThreadPool pool(0);
+  auto model = DeepseekModel::Load(dir, {});
+  if (!model.ok()) {
+    std::fprintf(stderr, "baton-engine-bench: %s\n", std::string(model.status().message()).c_str());
+    return 1;
+  }
+  const ModelConfig& c = (*model)->config();
+  nlohmann::json out;
+  out["model"] = dir;
+  out["threads"] = pool.num_threads();
+  out["isa"] = kernels::IsaName();
+  out["weight_bytes"] = (*model)->weight_bytes();
+  const double bandwidth = MeasureReadBandwidth(pool, int64_t{1} << 30, quick ? 3 : 7);
+  const double fp32_peak = MeasurePeakFp32Flops(pool);
+  const double bf16_peak = MeasurePeakBf16Flops(pool);
+  out["roofline"] = {{"read_gb_per_s", bandwidth / 1e9},
+                     {"fp32_gflops", fp32_peak / 1e9},
+                     {"bf16_gflops", bf16_peak / 1e9}};
+  std::printf("%s\n",
+              absl::StrFormat("roofline: DRAM read %.1f GB/s, fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s "
+                              "(%d threads, %s)",
+                              bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9, pool.num_threads(),
+                              kernels::IsaName())
+                  .c_str());
+  const int steps = quick ? 6 : 12;
+  for (int context : {16, 2048}) {
+    if (context + steps + 1 > c.max_position_embeddings) continue;
+    for (int batch : {1, 8, 32}) {
+      DecodeResult d = Decode(**model, pool, batch, context, steps);
+      if (d.step_s == 0) continue;
+      const double fraction = d.bytes / bandwidth / d.step_s;
+      out["decode"].push_back({{"batch", batch},
+                               {"context", context},
+                               {"step_ms", d.step_s * 1e3},
+                               {"tokens_per_s", batch / d.step_s},
+                               {"bytes_per_step", d.bytes},
+                               {"roofline_fraction", fraction}});
+      std::printf("%s\n", absl::StrFormat("decode  batch %2d ctx %4d: %8.2f ms/step %9.1f tok/s  "
+                                          "%6.1f MB/step  %.2f of memory roofline",
+                                          batch, context, d.step_s * 1e3, batch / d.step_s,
+                                          d.bytes / 1e6, fraction)
+                              .c_str());
+    }
+  }
+  for (int length : {128, 512, 2048}) {
+    if (length > c.max_position_embeddings || (quick && length > 512)) continue;
+    PrefillResult p = Prefill(**model, pool, length, quick ? 1 : 2);
+    if (p.seconds == 0) continue;
+    const double rate = p.flops / p.seconds;
+    out["prefill"].push_back({{"tokens", length},
+                              {"seconds", p.seconds},
+                              {"tokens_per_s", length / p.seconds},
+                              {"gflops", rate / 1e9},
+                              {"fp32_peak_fraction", rate / fp32_peak},
+                              {"bf16_peak_fraction", bf16_peak > 0 ? rate / bf16_peak : 0.0}});
+    std::printf("%s\n",
+                absl::StrFormat("prefill %4d tokens: %8.1f tok/s %7.1f GFLOP/s  %.2f of fp32 "
+                                "peak, %.2f of bf16 peak",
+                                length, length / p.seconds, rate / 1e9, rate / fp32_peak,
+                                bf16_peak > 0 ? rate / bf16_peak : 0.0)
+                    .c_str());
+  }
+  if (!json_path.empty()) {
+    FILE* f = std::fopen(json_path.c_str(), "w");
+    if (f != nullptr) {
+      std::fprintf(f, "%s\n", out.dump(2).c_str());
+      std::fclose(f);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace baton::bench
+
+int main(int argc, char** argv) { return baton::bench::Main(argc, argv); }

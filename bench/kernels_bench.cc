@@ -1,0 +1,53 @@
+// Google Benchmark cases for the kernels that decide speed, at DeepSeek-V3's
+// real shapes. Bytes/s counters compare with the DRAM roofline of
+// baton-engine-bench; FLOP/s with its compute peaks.
+#include <random>
+#include <vector>
+
+#include "benchmark/benchmark.h"
+#include "engine/kernels.h"
+
+namespace baton {
+namespace {
+
+Matrix RandomBf16(int64_t rows, int64_t cols) {
+  Matrix m(DType::kBF16, rows, cols);
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist(0, 0.02f);
+  for (int64_t i = 0; i < rows * cols; ++i) m.bf16()[i] = FloatToBf16(dist(rng));
+  return m;
+}
+
+ThreadPool& Pool() {
+  static ThreadPool* pool = new ThreadPool(0);  // Shared by every case, never torn down.
+  return *pool;
+}
+
+// Decode-shaped GEMV/GEMM over a set of matrices larger than the caches, so
+// weights stream from DRAM as in a real decode step.
+void BM_MatMulBf16(benchmark::State& state) {
+  const int64_t m = state.range(0), rows = state.range(1), cols = state.range(2);
+  const int copies =
+      static_cast<int>(std::max<int64_t>(1, (int64_t{256} << 20) / (rows * cols * 2)));
+  std::vector<Matrix> ws;
+  for (int i = 0; i < copies; ++i) ws.push_back(RandomBf16(rows, cols));
+  std::vector<float> x(m * cols, 0.5f), y(m * rows);
+  int i = 0;
+  for (auto _ : state) {
+    kernels::MatMul(x.data(), cols, m, ws[i++ % copies], y.data(), rows, Pool());
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * rows * cols * 2);
+  state.counters["FLOP/s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * 2 * m * rows * cols, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_MatMulBf16)
+    ->Args({1, 2048, 7168})    // V3 q_a/kv_a-like row block, batch 1
+    ->Args({8, 2048, 7168})    // batch 8
+    ->Args({32, 2048, 7168})   // batch 32
+    ->Args({1, 7168, 2048})    // expert down-projection
+    ->Args({512, 2048, 2048})  // prefill panel
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace baton

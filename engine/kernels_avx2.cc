@@ -1,0 +1,107 @@
+#include "engine/kernels_avx2.h"
+
+#include <immintrin.h>
+
+#include "engine/dtype.h"
+
+#define BATON_AVX2 __attribute__((target("avx2,fma")))
+
+namespace baton::kernels::avx2 {
+namespace {
+
+BATON_AVX2 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+
+// bf16 -> f32 is exact: the bf16 bits are the high half of the float.
+BATON_AVX2 inline __m256 Load8(const uint16_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(uint16_t v) { return Bf16ToFloat(v); }
+
+BATON_AVX2 inline float Sum(__m256 v) {
+  const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  __m128 s = _mm_add_ps(lo, hi);
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// R weight rows times T activation rows, 8 columns at a time: R*T
+// accumulators in the 16 ymm registers, each weight vector feeding T FMAs.
+template <int R, int T, typename W>
+BATON_AVX2 void Tile(const float* x, int64_t ldx, int64_t k, const W* w, float* y, int64_t ldy) {
+  __m256 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  const int64_t k8 = k / 8 * 8;
+  for (int64_t c = 0; c < k8; c += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + c);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = Load8(w + r * k + c);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) {
+      float s = Sum(acc[r][t]);
+      for (int64_t c = k8; c < k; ++c) s += ToFloat(w[r * k + c]) * x[t * ldx + c];
+      y[t * ldy + r] = s;
+    }
+  }
+}
+
+template <int R, typename W>
+BATON_AVX2 void TileRows(const float* x, int64_t ldx, int64_t m, int64_t k, const W* w, float* y,
+                         int64_t ldy) {
+  int64_t i = 0;
+  for (; i + 3 <= m; i += 3) Tile<R, 3>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+  if (m - i == 2) Tile<R, 2>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+  if (m - i == 1) Tile<R, 1>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
+}
+
+template <typename W>
+BATON_AVX2 void MatMulRowsTyped(const float* x, int64_t ldx, int64_t m, int64_t k, const W* w,
+                                int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  int64_t j = row_begin;
+  for (; j + 4 <= row_end; j += 4) TileRows<4>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
+  for (; j < row_end; ++j) TileRows<1>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
+}
+
+}  // namespace
+
+BATON_AVX2 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w,
+                           int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  if (w.dtype == DType::kF32) {
+    MatMulRowsTyped(x, ldx, m, w.cols, w.f32(), row_begin, row_end, y, ldy);
+  } else {
+    MatMulRowsTyped(x, ldx, m, w.cols, w.bf16(), row_begin, row_end, y, ldy);
+  }
+}
+
+BATON_AVX2 float Dot(const float* a, const float* b, int64_t n) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+  }
+  for (; i + 8 <= n; i += 8)
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
+  float s = Sum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+BATON_AVX2 void Axpy(float a, const float* x, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace baton::kernels::avx2
