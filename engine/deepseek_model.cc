@@ -249,37 +249,41 @@ void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& ba
   Workspace& ws = ws_;
   const int64_t T = ws.tokens, heads = c.num_attention_heads, lora = c.kv_lora_rank;
   const int64_t width = lora + c.qk_rope_head_dim;
+  const int64_t block_size = cache.block_size();
   EnsureSize(ws.o_latent, T * heads * lora);
-  // Work items are (token, block of heads): every cache row loaded serves
-  // all heads of the block, which is what makes MLA decode cheap.
-  constexpr int64_t kHeadBlock = 8;
-  const int64_t head_blocks = (heads + kHeadBlock - 1) / kHeadBlock;
+  // Work items are (token, block of heads). Every cache row loaded serves all
+  // heads of its block, which is what makes MLA decode cheap, so blocks hold
+  // all heads unless there are too few tokens to keep every thread busy.
+  const int64_t threads = pool.num_threads();
+  const int64_t splits = T >= threads ? 1 : (threads + T - 1) / T;
+  const int64_t head_block = (heads + splits - 1) / splits;
+  const int64_t head_blocks = (heads + head_block - 1) / head_block;
   pool.ParallelFor(T * head_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t i = item / head_blocks;
-      const int64_t h0 = (item % head_blocks) * kHeadBlock;
-      const int64_t h1 = std::min(heads, h0 + kHeadBlock);
+      const int64_t h0 = (item % head_blocks) * head_block;
+      const int64_t hb = std::min(heads, h0 + head_block) - h0;
       const int64_t len = ws.positions[i] + 1;  // Causal: up to and including itself.
       const std::vector<int32_t>& table = *batch[ws.chunk_of_token[i]].block_table;
-      EnsureSize(scores, (h1 - h0) * len);
-      for (int64_t j = 0; j < len; ++j) {
-        const float* row = cache.Row(layer, table, j);
-        for (int64_t h = h0; h < h1; ++h) {
-          scores[(h - h0) * len + j] =
-              kernels::Dot(&ws.q_full[(i * heads + h) * width], row, width) * softmax_scale_;
-        }
+      const float* q = &ws.q_full[(i * heads + h0) * width];
+      float* out = &ws.o_latent[(i * heads + h0) * lora];
+      EnsureSize(scores, hb * len);
+      // Scores, one cache block (contiguous rows) at a time.
+      for (int64_t j0 = 0; j0 < len; j0 += block_size) {
+        const int64_t n = std::min(block_size, len - j0);
+        kernels::MatMulF32(q, width, hb, cache.Row(layer, table, j0), n, width, &scores[j0], len);
       }
-      for (int64_t h = h0; h < h1; ++h) kernels::Softmax(&scores[(h - h0) * len], len);
-      for (int64_t h = h0; h < h1; ++h) {
-        std::fill_n(&ws.o_latent[(i * heads + h) * lora], lora, 0.0f);
+      for (int64_t h = 0; h < hb; ++h) {
+        float* row = &scores[h * len];
+        for (int64_t j = 0; j < len; ++j) row[j] *= softmax_scale_;
+        kernels::Softmax(row, len);
       }
-      for (int64_t j = 0; j < len; ++j) {
-        const float* row = cache.Row(layer, table, j);
-        for (int64_t h = h0; h < h1; ++h) {
-          kernels::Axpy(scores[(h - h0) * len + j], row, &ws.o_latent[(i * heads + h) * lora],
-                        lora);
-        }
+      std::fill_n(out, hb * lora, 0.0f);
+      for (int64_t j0 = 0; j0 < len; j0 += block_size) {
+        const int64_t n = std::min(block_size, len - j0);
+        kernels::AccumulateRows(&scores[j0], len, hb, cache.Row(layer, table, j0), width, n, lora,
+                                out, lora);
       }
     }
   });

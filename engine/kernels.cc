@@ -106,6 +106,36 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
   }
 }
 
+void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n, int64_t k,
+               float* y, int64_t ldy) {
+  if (HasAvx512()) {
+    avx512::MatMulF32(x, ldx, m, rows, n, k, y, ldy);
+    return;
+  }
+  if (HasAvx2()) {
+    avx2::MatMulF32(x, ldx, m, rows, n, k, y, ldy);
+    return;
+  }
+  MatMulRowsGeneric(
+      x, ldx, m, k, [&](int64_t j, int64_t c) { return rows[j * k + c]; }, 0, n, y, ldy);
+}
+
+void AccumulateRows(const float* p, int64_t ldp, int64_t m, const float* rows, int64_t ldr,
+                    int64_t n, int64_t k, float* out, int64_t ldo) {
+  // AVX-512 machines run the AVX2 version: the loop is bound by loads and
+  // FMAs of L1-resident rows either way.
+  if (HasAvx512() || HasAvx2()) {
+    avx2::AccumulateRows(p, ldp, m, rows, ldr, n, k, out, ldo);
+    return;
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float pij = p[i * ldp + j];
+      for (int64_t c = 0; c < k; ++c) out[i * ldo + c] += pij * rows[j * ldr + c];
+    }
+  }
+}
+
 float Dot(const float* a, const float* b, int64_t n) {
   if (HasAvx512()) return avx512::Dot(a, b, n);
   if (HasAvx2()) return avx2::Dot(a, b, n);

@@ -25,6 +25,15 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
                 int64_t row_end, float* y, int64_t ldy);
 
+// y[i][j] = sum_c x[i][c] * rows[j][c] for i < m, j < n, c < k, where rows is
+// a dense F32 [n][k] block (a block of the KV cache), single-threaded.
+void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n, int64_t k,
+               float* y, int64_t ldy);
+// out[i][c] += sum_j p[i][j] * rows[j][c] for i < m, j < n, c < k; rows has
+// row stride ldr. The attention output over a block of cached latents.
+void AccumulateRows(const float* p, int64_t ldp, int64_t m, const float* rows, int64_t ldr,
+                    int64_t n, int64_t k, float* out, int64_t ldo);
+
 float Dot(const float* a, const float* b, int64_t n);
 // y += a * x
 void Axpy(float a, const float* x, float* y, int64_t n);

@@ -81,6 +81,11 @@ BATON_AVX2 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix&
   }
 }
 
+BATON_AVX2 void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n,
+                          int64_t k, float* y, int64_t ldy) {
+  MatMulRowsTyped(x, ldx, m, k, rows, 0, n, y, ldy);
+}
+
 BATON_AVX2 float Dot(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -102,6 +107,49 @@ BATON_AVX2 void Axpy(float a, const float* x, float* y, int64_t n) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   }
   for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// Three output rows by 32 columns per pass: 12 accumulators, and each row
+// segment of the cache loaded once feeds three heads.
+template <int M>
+BATON_AVX2 void AccumulateGroup(const float* p, int64_t ldp, const float* rows, int64_t ldr,
+                                int64_t n, int64_t k, float* out, int64_t ldo) {
+  int64_t c = 0;
+  for (; c + 32 <= k; c += 32) {
+    __m256 acc[M][4];
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < 4; ++v) acc[i][v] = _mm256_loadu_ps(out + i * ldo + c + 8 * v);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* r = rows + j * ldr + c;
+      const __m256 r0 = _mm256_loadu_ps(r), r1 = _mm256_loadu_ps(r + 8);
+      const __m256 r2 = _mm256_loadu_ps(r + 16), r3 = _mm256_loadu_ps(r + 24);
+      for (int i = 0; i < M; ++i) {
+        const __m256 pv = _mm256_broadcast_ss(p + i * ldp + j);
+        acc[i][0] = _mm256_fmadd_ps(pv, r0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(pv, r1, acc[i][1]);
+        acc[i][2] = _mm256_fmadd_ps(pv, r2, acc[i][2]);
+        acc[i][3] = _mm256_fmadd_ps(pv, r3, acc[i][3]);
+      }
+    }
+    for (int i = 0; i < M; ++i)
+      for (int v = 0; v < 4; ++v) _mm256_storeu_ps(out + i * ldo + c + 8 * v, acc[i][v]);
+  }
+  for (; c < k; ++c) {
+    for (int i = 0; i < M; ++i) {
+      float s = out[i * ldo + c];
+      for (int64_t j = 0; j < n; ++j) s += p[i * ldp + j] * rows[j * ldr + c];
+      out[i * ldo + c] = s;
+    }
+  }
+}
+
+BATON_AVX2 void AccumulateRows(const float* p, int64_t ldp, int64_t m, const float* rows,
+                               int64_t ldr, int64_t n, int64_t k, float* out, int64_t ldo) {
+  int64_t i = 0;
+  for (; i + 3 <= m; i += 3)
+    AccumulateGroup<3>(p + i * ldp, ldp, rows, ldr, n, k, out + i * ldo, ldo);
+  if (m - i == 2) AccumulateGroup<2>(p + i * ldp, ldp, rows, ldr, n, k, out + i * ldo, ldo);
+  if (m - i == 1) AccumulateGroup<1>(p + i * ldp, ldp, rows, ldr, n, k, out + i * ldo, ldo);
 }
 
 }  // namespace baton::kernels::avx2

@@ -83,6 +83,11 @@ BATON_AVX512 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matri
   }
 }
 
+BATON_AVX512 void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n,
+                            int64_t k, float* y, int64_t ldy) {
+  MatMulRowsTyped(x, ldx, m, k, rows, 0, n, y, ldy);
+}
+
 BATON_AVX512 float Dot(const float* a, const float* b, int64_t n) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t i = 0;

@@ -11,6 +11,8 @@ namespace baton::kernels::avx512 {
 
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
                 int64_t row_end, float* y, int64_t ldy);
+void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n, int64_t k,
+               float* y, int64_t ldy);
 float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, float* y, int64_t n);
 

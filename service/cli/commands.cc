@@ -28,6 +28,8 @@ const std::vector<Command>& AllCommands() {
       {"router", "the public endpoint in front of prefill and decode pools", nullptr},
       {"generate", "stream a completion from a running server to stdout", &RunGenerate},
       {"bench", "measure latency and throughput of a running server", &RunBench},
+      {"perplexity", "bits per byte of a text under a model (engine only, no server)",
+       &RunPerplexity},
       {"version", "print the version", &RunVersion},
   };
   return kCommands;

@@ -24,6 +24,7 @@ int RunVersion(const Args& args);
 int RunServe(const Args& args);
 int RunGenerate(const Args& args);
 int RunBench(const Args& args);
+int RunPerplexity(const Args& args);
 
 // The embedded default model's directory.
 std::string DefaultModelDir();
