@@ -71,7 +71,9 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(ModelC
 }
 
 absl::Status DeepseekModel::Forward(const std::vector<ForwardChunk>& batch, KvCache& cache,
-                                    ThreadPool& pool, std::vector<float>* logits) {
+                                    ThreadPool& pool, std::vector<float>* logits,
+                                    const LayerKvHook* on_layer_kv) {
+  on_layer_kv_ = on_layer_kv;
   const ModelConfig& c = config_;
   const int64_t hidden = c.hidden_size;
   int64_t total = 0;
@@ -214,6 +216,7 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
       kernels::RopeInterleaved(q_pe, rope, cos.data(), sin.data());
     }
   }
+  if (on_layer_kv_ != nullptr) (*on_layer_kv_)(layer);
   // Absorb W_uk into the queries: q_latent[h] = q_nope[h] W_uk[h].
   pool.ParallelFor(heads, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t h = h0; h < h1; ++h) {

@@ -7,6 +7,7 @@
 #ifndef BATON_ENGINE_DEEPSEEK_MODEL_H_
 #define BATON_ENGINE_DEEPSEEK_MODEL_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,8 +65,13 @@ class DeepseekModel {
 
   // Runs the batch: writes every token's latent and roped key into `cache`
   // and returns the requested logits, rows in batch order ([rows][vocab]).
+  // Called with each layer's index as soon as that layer's KV of the whole
+  // batch is in the cache, before the layer's attention runs: the hook that
+  // ships KV while later layers compute.
+  using LayerKvHook = std::function<void(int layer)>;
+
   absl::Status Forward(const std::vector<ForwardChunk>& batch, KvCache& cache, ThreadPool& pool,
-                       std::vector<float>* logits);
+                       std::vector<float>* logits, const LayerKvHook* on_layer_kv = nullptr);
   const ForwardStats& last_forward_stats() const { return stats_; }
 
  private:
@@ -86,6 +92,7 @@ class DeepseekModel {
   ModelConfig config_;
   ModelWeights weights_;
   ForwardStats stats_;
+  const LayerKvHook* on_layer_kv_ = nullptr;  // Set during Forward().
   std::vector<float> inv_freq_;
   float cos_sin_scale_;
   float softmax_scale_;

@@ -20,6 +20,8 @@ const char* FinishReasonName(FinishReason reason) {
       return "cancelled";
     case FinishReason::kError:
       return "error";
+    case FinishReason::kPrefilled:
+      return "prefilled";
   }
   return "?";
 }
@@ -65,6 +67,9 @@ absl::Status Engine::Validate(const EngineRequest& r) const {
                                                      c.vocab_size, ")"));
     }
   }
+  if (r.external_prefill && r.prompt.size() < 2) {
+    return absl::InvalidArgumentError("external prefill needs a prompt of at least 2 tokens");
+  }
   if (r.sampling.max_tokens < 1) {
     return absl::InvalidArgumentError("sampling.max_tokens must be >= 1");
   }
@@ -95,9 +100,33 @@ absl::Status Engine::Add(EngineRequest request) {
   s->seed = request.sampling.seed.has_value()
                 ? *request.sampling.seed
                 : std::random_device{}() ^ (++seed_counter_ * 0x9e3779b97f4a7c15ull);
+  s->awaiting_import = request.external_prefill;
   s->request = std::move(request);
   waiting_.push_back(std::move(s));
   return absl::OkStatus();
+}
+
+bool Engine::HasWork() const {
+  if (!waiting_.empty() || !finished_.empty()) return true;
+  return std::any_of(running_.begin(), running_.end(),
+                     [](const auto& s) { return !s->awaiting_import; });
+}
+
+void Engine::ImportDone(int64_t id) {
+  for (auto& s : running_) {
+    if (s->request.id == id && s->awaiting_import) {
+      s->awaiting_import = false;
+      s->computed = static_cast<int64_t>(s->request.prompt.size()) - 1;
+    }
+  }
+}
+
+Engine::Sequence* Engine::PreemptionVictim(const Sequence* keep) const {
+  // Blocks being imported into belong to the transfer until it completes.
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    if (it->get() != keep && !(*it)->awaiting_import) return it->get();
+  }
+  return nullptr;
 }
 
 void Engine::Cancel(int64_t id) {
@@ -145,20 +174,24 @@ std::vector<TokenEvent> Engine::Step() {
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence& s = *running_[i];
+      if (s.awaiting_import) continue;
       const int64_t need = s.total_tokens() - s.computed;
       const bool decoding = need == 1;
       if (decoding != (pass == 0)) continue;
       const int64_t n = std::min(need, budget);
       // Grow the KV; preempt the newest other sequences while it does not fit.
       while (!s.blocks.Reserve(s.computed + n)) {
-        Sequence* victim = running_.back().get();
-        if (victim == &s) break;
+        Sequence* victim = PreemptionVictim(&s);
+        if (victim == nullptr) break;
         plan.erase(std::remove_if(plan.begin(), plan.end(),
                                   [&](const Planned& p) { return p.seq == victim; }),
                    plan.end());
         Preempt(*victim);
-        waiting_.push_front(std::move(running_.back()));
-        running_.pop_back();
+        auto it = std::find_if(running_.begin(), running_.end(),
+                               [&](const auto& r) { return r.get() == victim; });
+        if (static_cast<size_t>(it - running_.begin()) < i) --i;
+        waiting_.push_front(std::move(*it));
+        running_.erase(it);
       }
       if (s.blocks.capacity_tokens() < s.computed + n) {
         Preempt(s);
@@ -180,6 +213,16 @@ std::vector<TokenEvent> Engine::Step() {
     // Admit only when the whole known sequence fits, so that an admitted
     // prefill never stalls halfway for lack of blocks.
     if (!s.blocks.Reserve(s.total_tokens())) break;
+    if (s.awaiting_import) {
+      TokenEvent e;
+      e.request_id = s.request.id;
+      e.kv_reserved = true;
+      e.kv_blocks = s.blocks.table();
+      events.push_back(std::move(e));
+      running_.push_back(std::move(waiting_.front()));
+      waiting_.pop_front();
+      continue;
+    }
     const int64_t n = std::min(s.total_tokens(), budget);
     plan.push_back({&s, 0, n});
     budget -= n;
@@ -201,13 +244,26 @@ std::vector<TokenEvent> Engine::Step() {
       tokens[i].push_back(pos < prompt_len ? prompt[pos] : p.seq->output[pos - prompt_len]);
     }
     const bool completes = p.begin + p.count == p.seq->total_tokens();
-    batch.push_back({tokens[i].data(), p.count, p.begin, &p.seq->blocks.table(),
-                     completes ? LogitsMode::kLast : LogitsMode::kNone});
+    batch.push_back(
+        {tokens[i].data(), p.count, p.begin, &p.seq->blocks.table(),
+         completes && !p.seq->request.prefill_only ? LogitsMode::kLast : LogitsMode::kNone});
     step_tokens += p.count;
   }
   last_step_tokens_ = step_tokens;
   last_step_sequences_ = static_cast<int64_t>(plan.size());
-  absl::Status status = model_->Forward(batch, *cache_, pool_, &logits_);
+  // Prefill-only chunks ship each layer's KV as soon as it is computed.
+  DeepseekModel::LayerKvHook ship = [&](int layer) {
+    for (const Planned& p : plan) {
+      if (!p.seq->request.prefill_only || !p.seq->request.kv_sink) continue;
+      std::vector<float> rows(static_cast<size_t>(p.count) * cache_->width());
+      cache_->ExportLayer(layer, p.seq->blocks.table(), p.begin, p.begin + p.count, rows.data());
+      p.seq->request.kv_sink(layer, p.begin, p.begin + p.count, std::move(rows));
+    }
+  };
+  const bool any_prefill_only = std::any_of(
+      plan.begin(), plan.end(), [](const Planned& p) { return p.seq->request.prefill_only; });
+  absl::Status status =
+      model_->Forward(batch, *cache_, pool_, &logits_, any_prefill_only ? &ship : nullptr);
   if (!status.ok()) {
     // Fail the planned sequences, never the process.
     for (const Planned& p : plan) {
@@ -234,6 +290,11 @@ std::vector<TokenEvent> Engine::Step() {
     Sequence& s = *p.seq;
     s.computed = p.begin + p.count;
     if (s.computed != s.total_tokens()) continue;
+    if (s.request.prefill_only) {
+      events.push_back(Finish(s, FinishReason::kPrefilled));
+      done.push_back(&s);
+      continue;
+    }
     const SamplingOptions& o = s.request.sampling;
     TokenEvent e;
     e.request_id = s.request.id;
@@ -278,6 +339,11 @@ EngineStats Engine::stats() const {
   s.last_step_tokens = last_step_tokens_;
   s.last_step_sequences = last_step_sequences_;
   s.preemptions = preemptions_;
+  for (const auto& q : waiting_) s.queued_prompt_tokens += q->total_tokens() - q->computed;
+  for (const auto& r : running_) {
+    if (!r->awaiting_import) s.queued_prompt_tokens += r->total_tokens() - 1 - r->computed;
+  }
+  s.queued_prompt_tokens = std::max<int64_t>(0, s.queued_prompt_tokens);
   return s;
 }
 

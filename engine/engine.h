@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -31,12 +32,33 @@ struct EngineOptions {
   int max_running = 64;             // Sequences in the running batch.
 };
 
-enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
+enum class FinishReason {
+  kNone,
+  kStop,
+  kLength,
+  kCancelled,
+  kError,
+  kPrefilled,  // A prefill_only request has computed and shipped its KV.
+};
+
+// Receives one layer's KV rows of tokens [begin, end) of a prefill_only
+// request, on the engine thread, as soon as the layer has computed them.
+using KvSink = std::function<void(int layer, int64_t begin, int64_t end, std::vector<float> rows)>;
 
 struct EngineRequest {
   int64_t id = 0;
   std::vector<int32_t> prompt;
   SamplingOptions sampling;
+  // Disaggregated prefill: compute the prompt's KV, hand each layer to
+  // kv_sink, sample nothing, finish with kPrefilled.
+  bool prefill_only = false;
+  KvSink kv_sink;
+  // Disaggregated decode: the KV of every prompt token but the last arrives
+  // from a prefill worker. The engine reserves the blocks, reports them in a
+  // kv_reserved event, and schedules the request after ImportDone(); the
+  // last prompt token is then computed here, so sampling is exactly as in a
+  // colocated run.
+  bool external_prefill = false;
 };
 
 // What one step produced for one request.
@@ -48,6 +70,9 @@ struct TokenEvent {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   std::string error;  // When finish == kError.
+  // external_prefill: the blocks are reserved; import into them now.
+  bool kv_reserved = false;
+  std::vector<int32_t> kv_blocks;
 };
 
 struct EngineStats {
@@ -58,6 +83,7 @@ struct EngineStats {
   int64_t last_step_tokens = 0;
   int64_t last_step_sequences = 0;
   int64_t preemptions = 0;
+  int64_t queued_prompt_tokens = 0;  // Prompt tokens not yet computed.
 };
 
 class Engine {
@@ -79,7 +105,10 @@ class Engine {
   // comes from the next Step(). Unknown ids are ignored.
   void Cancel(int64_t request_id);
 
-  bool HasWork() const { return !running_.empty() || !waiting_.empty() || !finished_.empty(); }
+  // An external_prefill request's KV has been imported: schedule it.
+  void ImportDone(int64_t request_id);
+
+  bool HasWork() const;
   // Runs one step and returns its events.
   std::vector<TokenEvent> Step();
 
@@ -93,6 +122,7 @@ class Engine {
     KvBlocks blocks;
     int64_t computed = 0;  // Tokens whose KV is in the cache.
     uint64_t seed = 0;
+    bool awaiting_import = false;
     int64_t total_tokens() const {
       return static_cast<int64_t>(request.prompt.size() + output.size());
     }
@@ -100,6 +130,8 @@ class Engine {
 
   Engine(std::unique_ptr<DeepseekModel> model, const EngineOptions& options, int64_t kv_blocks);
   void Preempt(Sequence& victim);
+  // The newest running sequence that may be preempted, other than `keep`.
+  Sequence* PreemptionVictim(const Sequence* keep) const;
   TokenEvent Finish(Sequence& s, FinishReason reason);
 
   std::unique_ptr<DeepseekModel> model_;

@@ -39,6 +39,48 @@ void EngineLoop::Cancel(int64_t request_id) {
   cancels_.push_back(request_id);
 }
 
+absl::Status EngineLoop::ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
+                                  const float* rows) {
+  std::shared_ptr<ImportTarget> target;
+  {
+    absl::MutexLock lock(&imports_mu_);
+    auto it = imports_.find(request_id);
+    if (it != imports_.end()) target = it->second;
+  }
+  if (target == nullptr) {
+    return absl::NotFoundError(absl::StrCat("request ", request_id, " is not awaiting KV"));
+  }
+  if (layer < 0 || layer >= config_.num_hidden_layers || begin < 0 || begin >= end ||
+      end > target->tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("KV rows [", begin, ", ", end, ") of layer ",
+                                                   layer, " are outside the request's prompt"));
+  }
+  absl::MutexLock lock(&target->mu);
+  if (!target->open) return absl::CancelledError("the request has ended");
+  // The engine thread does not touch these rows until FinishImport, and the
+  // cache's storage never moves, so writing here is race-free.
+  engine_->kv_cache().ImportLayer(layer, target->table, begin, end, rows);
+  return absl::OkStatus();
+}
+
+void EngineLoop::FinishImport(int64_t request_id) {
+  absl::MutexLock lock(&mu_);
+  imports_done_.push_back(request_id);
+}
+
+void EngineLoop::CloseImport(int64_t request_id) {
+  std::shared_ptr<ImportTarget> target;
+  {
+    absl::MutexLock lock(&imports_mu_);
+    auto it = imports_.find(request_id);
+    if (it == imports_.end()) return;
+    target = it->second;
+    imports_.erase(it);
+  }
+  absl::MutexLock lock(&target->mu);
+  target->open = false;
+}
+
 EngineStats EngineLoop::stats() const {
   absl::MutexLock lock(&mu_);
   return stats_;
@@ -48,20 +90,23 @@ void EngineLoop::Run() {
   while (true) {
     std::vector<Submission> submissions;
     std::vector<int64_t> cancels;
+    std::vector<int64_t> imports_done;
     bool stop;
     {
       absl::MutexLock lock(&mu_);
       const bool busy = engine_->HasWork();
       auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-        return stop_ || !submissions_.empty() || !cancels_.empty();
+        return stop_ || !submissions_.empty() || !cancels_.empty() || !imports_done_.empty();
       };
       if (!busy) mu_.Await(absl::Condition(&ready));
       submissions.swap(submissions_);
       cancels.swap(cancels_);
+      imports_done.swap(imports_done_);
       stop = stop_;
     }
     for (Submission& s : submissions) {
       const int64_t id = s.request.id;
+      prompt_lengths_[id] = static_cast<int64_t>(s.request.prompt.size());
       if (absl::Status status = engine_->Add(std::move(s.request)); !status.ok()) {
         TokenEvent e;
         e.request_id = id;
@@ -72,9 +117,19 @@ void EngineLoop::Run() {
       }
       callbacks_[id] = std::move(s.callback);
     }
-    for (int64_t id : cancels) engine_->Cancel(id);
+    for (int64_t id : imports_done) {
+      CloseImport(id);
+      engine_->ImportDone(id);
+    }
+    for (int64_t id : cancels) {
+      CloseImport(id);  // Before the engine frees the blocks.
+      engine_->Cancel(id);
+    }
     if (stop) {
-      for (const auto& [id, callback] : callbacks_) engine_->Cancel(id);
+      for (const auto& [id, callback] : callbacks_) {
+        CloseImport(id);
+        engine_->Cancel(id);
+      }
     }
     if (engine_->HasWork()) {
       const absl::Time start = absl::Now();
@@ -84,6 +139,20 @@ void EngineLoop::Run() {
         options_.on_step({absl::Now() - start, stats.last_step_tokens, stats.last_step_sequences});
       }
       for (const TokenEvent& e : events) {
+        if (e.kv_reserved) {
+          auto target = std::make_shared<ImportTarget>();
+          {
+            absl::MutexLock lock(&target->mu);
+            target->table = e.kv_blocks;
+          }
+          target->tokens = prompt_lengths_[e.request_id] - 1;
+          absl::MutexLock lock(&imports_mu_);
+          imports_[e.request_id] = std::move(target);
+        }
+        if (e.finish != FinishReason::kNone) {
+          CloseImport(e.request_id);
+          prompt_lengths_.erase(e.request_id);
+        }
         auto it = callbacks_.find(e.request_id);
         if (it == callbacks_.end()) continue;
         it->second(e);

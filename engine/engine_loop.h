@@ -55,6 +55,15 @@ class EngineLoop {
   // Ends the request as soon as the loop wakes; its blocks are freed then.
   void Cancel(int64_t request_id);
 
+  // For an external_prefill request, after its kv_reserved event: copies
+  // rows [begin, end) of `layer` (dense, width floats each) into its blocks.
+  // Any thread. Fails once the request has ended or for a range outside the
+  // prompt.
+  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
+                        const float* rows);
+  // Every layer of every prompt token but the last has been imported.
+  void FinishImport(int64_t request_id);
+
   // A snapshot taken after the latest step.
   EngineStats stats() const;
 
@@ -76,8 +85,24 @@ class EngineLoop {
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
 
+  // Where an external prefill may write: the block table of a request while
+  // it awaits its KV. Closed (under its own lock) before the engine can free
+  // the blocks, so a late write never lands in another request's memory.
+  struct ImportTarget {
+    absl::Mutex mu;
+    bool open ABSL_GUARDED_BY(mu) = true;
+    std::vector<int32_t> table ABSL_GUARDED_BY(mu);
+    int64_t tokens = 0;  // Importable positions: the prompt but its last token.
+  };
+  void CloseImport(int64_t request_id);
+
+  mutable absl::Mutex imports_mu_;
+  std::map<int64_t, std::shared_ptr<ImportTarget>> imports_ ABSL_GUARDED_BY(imports_mu_);
+  std::vector<int64_t> imports_done_ ABSL_GUARDED_BY(mu_);
+
   // Owned by the loop thread.
   std::map<int64_t, Callback> callbacks_;
+  std::map<int64_t, int64_t> prompt_lengths_;
   std::thread thread_;
 };
 

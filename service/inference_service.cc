@@ -1,10 +1,12 @@
 #include "service/inference_service.h"
 
 #include <deque>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "baton/internal/v1/worker.grpc.pb.h"
 #include "service/text_stream.h"
 
 namespace baton {
@@ -28,6 +30,12 @@ const char* CodeName(grpc::StatusCode code) {
       return "RESOURCE_EXHAUSTED";
     case grpc::UNAVAILABLE:
       return "UNAVAILABLE";
+    case grpc::ABORTED:
+      return "ABORTED";
+    case grpc::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
     case grpc::INTERNAL:
       return "INTERNAL";
     default:
@@ -46,6 +54,7 @@ v1::FinishReason ToProto(FinishReason reason) {
     case FinishReason::kError:
       return v1::FINISH_REASON_ERROR;
     case FinishReason::kNone:
+    case FinishReason::kPrefilled:
       break;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
@@ -121,14 +130,17 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
   return r;
 }
 
-// One Generate call. Writes are serialized by `writing_`; the engine thread
-// enqueues chunks and the gRPC thread drains them. Finish() is called exactly
-// once, after which the reactor is never touched (gRPC deletes it in OnDone).
+// One Generate call. Writes are serialized by `writing`; the engine thread
+// enqueues chunks and gRPC threads drain them. Finish() is called exactly
+// once. Threads other than gRPC's (the engine loop, the KV receiver) enter
+// the reactor only through State::Acquire(), and OnDone() leaves the final
+// delete to the last of them, so no thread ever touches a deleted reactor.
 class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateStream(InferenceService* service, grpc::CallbackServerContext* context,
-                 const v1::GenerateRequest* request)
-      : service_(service), start_(absl::Now()) {
+                 const v1::GenerateRequest* request, const PrefillPlan* plan)
+      : service_(service), state_(std::make_shared<State>()), start_(absl::Now()) {
+    state_->reactor = this;
     service_->active_streams_.fetch_add(1);
     request_id_ = request->request_id().empty()
                       ? absl::StrCat("req-", service_->next_request_number_.fetch_add(1))
@@ -148,11 +160,22 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     text_ = std::make_unique<TextStream>(
         service_->tokenizer_, std::vector<std::string>(request->sampling().stop().begin(),
                                                        request->sampling().stop().end()));
-    auto self = shared_from_this_state();
+    if (plan != nullptr && service_->disaggregation_ != nullptr) {
+      const bool short_prompt = prompt_tokens_ < std::max<int64_t>(2, plan->local_threshold);
+      const bool room = service_->loop_->stats().waiting == 0;
+      const bool remote =
+          !plan->prefill_address.empty() && prompt_tokens_ >= 2 && !(short_prompt && room);
+      service_->metrics_->CountPrefillPath(remote ? "remote" : "local");
+      if (remote) {
+        engine_request->external_prefill = true;
+        state_->prefill_address = plan->prefill_address;
+        state_->prompt = engine_request->prompt;
+      }
+    }
+    std::shared_ptr<State> state = state_;
     auto id = service_->loop_->Submit(std::move(*engine_request),
-                                      [state = self](const TokenEvent& e) { state->OnEvent(e); });
+                                      [state](const TokenEvent& e) { state->OnEvent(e); });
     if (!id.ok()) {
-      state_->stream = nullptr;
       FinishNow(ToGrpc(id.status()));
       return;
     }
@@ -173,9 +196,9 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         state_->final_ready = true;
         state_->final_status = grpc::Status(grpc::CANCELLED, "the client went away");
         state_->queue.clear();
-        service_->loop_->Cancel(state_->engine_id);
       }
     }
+    if (!ok) StopUpstream();
     Pump();
   }
 
@@ -186,50 +209,85 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         state_->final_ready = true;
         state_->final_status = grpc::Status(grpc::CANCELLED, "cancelled by the client or deadline");
         state_->queue.clear();
+        service_->metrics_->CountRequest("CANCELLED");
       }
-      if (state_->engine_id != 0) service_->loop_->Cancel(state_->engine_id);
     }
+    StopUpstream();
     Pump();
   }
 
   void OnDone() override {
     service_->active_streams_.fetch_sub(1);
-    delete this;
+    bool last;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->done = true;
+      last = state_->holds == 0;
+    }
+    if (last) delete this;
   }
 
  private:
-  // What the engine thread and the gRPC threads share. Outlives the reactor
-  // when engine events arrive after Finish().
+  // Shared by the reactor, the engine callback and the prefill callbacks.
   struct State {
     absl::Mutex mu;
-    GenerateStream* stream = nullptr;  // Null once the engine needs no more events.
-    int64_t engine_id = 0;
-    std::deque<v1::GenerateResponse> queue;
-    bool writing = false;
-    bool final_ready = false;  // Nothing more will be queued.
-    bool finish_called = false;
-    grpc::Status final_status;
+    GenerateStream* reactor = nullptr;
+    int holds ABSL_GUARDED_BY(mu) = 0;
+    bool done ABSL_GUARDED_BY(mu) = false;  // OnDone() ran.
+    int64_t engine_id ABSL_GUARDED_BY(mu) = 0;
+    std::deque<v1::GenerateResponse> queue ABSL_GUARDED_BY(mu);
+    bool writing ABSL_GUARDED_BY(mu) = false;
+    bool final_ready ABSL_GUARDED_BY(mu) = false;  // Nothing more will be queued.
+    bool finish_called ABSL_GUARDED_BY(mu) = false;
+    grpc::Status final_status ABSL_GUARDED_BY(mu);
+    // Remote prefill.
+    std::string prefill_address;
+    std::vector<int32_t> prompt;
+    uint64_t transfer_id ABSL_GUARDED_BY(mu) = 0;
+    bool imported ABSL_GUARDED_BY(mu) = false;
+    std::unique_ptr<grpc::ClientContext> prefill_context ABSL_GUARDED_BY(mu);
+    internal::v1::PrefillRequest prefill_request;
+    internal::v1::PrefillResponse prefill_response;
 
+    // The reactor, kept alive until Release(); null once it is done.
+    GenerateStream* Acquire() {
+      absl::MutexLock lock(&mu);
+      if (done) return nullptr;
+      ++holds;
+      return reactor;
+    }
+    void Release() {
+      bool last;
+      {
+        absl::MutexLock lock(&mu);
+        last = --holds == 0 && done;
+      }
+      if (last) delete reactor;
+    }
     void OnEvent(const TokenEvent& e) {
-      GenerateStream* s;
       {
         absl::MutexLock lock(&mu);
         if (final_ready) return;
-        s = stream;
       }
-      if (s != nullptr) s->OnEngineEvent(e);
+      if (GenerateStream* s = Acquire()) {
+        s->OnEngineEvent(e);
+        Release();
+      }
+    }
+    void OnPrefillFailed(const absl::Status& status) {
+      if (GenerateStream* s = Acquire()) {
+        s->FailPrefill(status);
+        Release();
+      }
+    }
+    void OnImported() {
+      absl::MutexLock lock(&mu);
+      imported = true;
     }
   };
 
-  std::shared_ptr<State> shared_from_this_state() {
-    state_ = std::make_shared<State>();
-    state_->stream = this;
-    return state_;
-  }
-
   void FinishNow(const grpc::Status& status) {
     service_->metrics_->CountRequest(CodeName(status.error_code()));
-    if (state_ == nullptr) state_ = std::make_shared<State>();
     {
       absl::MutexLock lock(&state_->mu);
       state_->final_ready = true;
@@ -238,9 +296,86 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     Finish(status);
   }
 
-  // On the engine thread. The reactor is alive: Finish() has not been
-  // called while final_ready is false.
+  // Cancels the engine request and any prefill still running for it.
+  void StopUpstream() {
+    int64_t id;
+    uint64_t transfer;
+    {
+      absl::MutexLock lock(&state_->mu);
+      id = state_->engine_id;
+      transfer = state_->transfer_id;
+      if (state_->prefill_context != nullptr) state_->prefill_context->TryCancel();
+    }
+    if (id != 0) service_->loop_->Cancel(id);
+    if (transfer != 0) service_->disaggregation_->receiver->Forget(transfer);
+  }
+
+  // The prefill worker failed before the KV was complete: no token has been
+  // sent, so the router may retry on another prefill worker.
+  void FailPrefill(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&state_->mu);
+      if (state_->imported || state_->final_ready) return;
+      state_->final_ready = true;
+      state_->final_status = grpc::Status(
+          grpc::ABORTED,
+          absl::StrCat("prefill on ", state_->prefill_address, " failed: ", status.message()));
+      state_->queue.clear();
+    }
+    service_->metrics_->CountRequest("ABORTED");
+    service_->metrics_->CountKvTransferFailure(absl::IsCancelled(status) ? "cancelled"
+                                                                         : "prefill_failed");
+    StopUpstream();
+    Pump();
+  }
+
+  // On the engine thread: the request's blocks are reserved; have the
+  // prefill worker fill them.
+  void StartRemotePrefill(const TokenEvent& e) {
+    const DisaggregationContext& d = *service_->disaggregation_;
+    const uint64_t transfer_id = (static_cast<uint64_t>(std::random_device{}()) << 32) ^
+                                 std::random_device{}() ^ static_cast<uint64_t>(e.request_id);
+    std::shared_ptr<State> state = state_;
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->transfer_id = transfer_id;
+      state_->prefill_context = std::make_unique<grpc::ClientContext>();
+      state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
+      state_->prefill_context->set_deadline(std::chrono::system_clock::now() +
+                                            std::chrono::minutes(10));
+    }
+    d.receiver->Expect(transfer_id, e.request_id, static_cast<int64_t>(state_->prompt.size()) - 1,
+                       [state](absl::Status s) {
+                         if (s.ok()) {
+                           state->OnImported();
+                         } else {
+                           state->OnPrefillFailed(s);
+                         }
+                       });
+    internal::v1::PrefillRequest& r = state_->prefill_request;
+    r.mutable_token_ids()->Add(state_->prompt.begin(), state_->prompt.end() - 1);
+    r.mutable_target()->set_data_address(d.data_address);
+    r.mutable_target()->set_transfer_id(transfer_id);
+    r.set_model_fingerprint(d.layout.fingerprint);
+    auto stub = internal::v1::PrefillWorker::NewStub(d.channels->Get(state_->prefill_address));
+    grpc::ClientContext* context;
+    {
+      absl::MutexLock lock(&state_->mu);
+      context = state_->prefill_context.get();
+    }
+    stub->async()->Prefill(context, &r, &state_->prefill_response, [state](grpc::Status s) {
+      if (!s.ok()) {
+        state->OnPrefillFailed(
+            absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message()));
+      }
+    });
+  }
+
   void OnEngineEvent(const TokenEvent& e) {
+    if (e.kv_reserved) {
+      StartRemotePrefill(e);
+      return;
+    }
     v1::GenerateResponse chunk;
     chunk.set_request_id(request_id_);
     bool stop_now = false;
@@ -290,6 +425,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       service_->metrics_->ObserveRequestLatency(absl::ToDoubleSeconds(now - start_));
       service_->metrics_->CountRequest(CodeName(status.error_code()));
     }
+    bool cancel_engine = false;
     {
       absl::MutexLock lock(&state_->mu);
       if (state_->final_ready) return;
@@ -301,11 +437,11 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       if (finish != FinishReason::kNone) {
         state_->final_ready = true;
         state_->final_status = status;
-        state_->stream = nullptr;
         // A stop string ends the request before the engine knows.
-        if (stop_now) service_->loop_->Cancel(state_->engine_id);
+        cancel_engine = stop_now;
       }
     }
+    if (cancel_engine) StopUpstream();
     Pump();
   }
 
@@ -335,7 +471,6 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         to_write = &current_;
       } else if (state_->final_ready) {
         state_->finish_called = true;
-        state_->stream = nullptr;
         finish = true;
         status = state_->final_status;
       }
@@ -365,7 +500,13 @@ InferenceService::InferenceService(EngineLoop* loop, const Tokenizer* tokenizer,
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
-  return new GenerateStream(this, context, request);
+  return new GenerateStream(this, context, request, nullptr);
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::StartGenerate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+    const PrefillPlan* plan) {
+  return new GenerateStream(this, context, request, plan);
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerContext* context,

@@ -16,7 +16,10 @@
 #include "baton/v1/inference.grpc.pb.h"
 #include "engine/engine_loop.h"
 #include "engine/tokenizer.h"
+#include "service/channel_pool.h"
+#include "service/kv_transport.h"
 #include "service/metrics.h"
+#include "service/peer_auth.h"
 
 namespace baton {
 
@@ -24,6 +27,22 @@ struct InferenceServiceOptions {
   std::string model_name;
   v1::Role role = v1::ROLE_COLOCATED;
   int64_t max_tokens_limit = 4096;
+};
+
+// How a decode worker gets a request's KV in disaggregated serving.
+struct PrefillPlan {
+  std::string prefill_address;  // Empty: prefill here.
+  // Prompts shorter than this are prefilled here when the worker has room.
+  int64_t local_threshold = 0;
+};
+
+// What a decode worker needs to have prompts prefilled elsewhere.
+struct DisaggregationContext {
+  KvReceiver* receiver = nullptr;
+  std::string data_address;  // host:port that prefill workers connect to.
+  KvLayout layout;
+  const PeerAuth* auth = nullptr;
+  ChannelPool* channels = nullptr;
 };
 
 // Converts and checks a request; errors are INVALID_ARGUMENT naming the
@@ -40,6 +59,13 @@ class InferenceService final : public v1::Inference::CallbackService {
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override;
+  // Generate with a prefill plan (the decode worker's internal API). `plan`
+  // is copied; `request` must live until the call is done.
+  grpc::ServerWriteReactor<v1::GenerateResponse>* StartGenerate(
+      grpc::CallbackServerContext* context, const v1::GenerateRequest* request,
+      const PrefillPlan* plan);
+  // Set once, before serving, on decode workers.
+  void EnableDisaggregation(const DisaggregationContext* context) { disaggregation_ = context; }
   grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
                                          const v1::GetModelInfoRequest* request,
                                          v1::ModelInfo* response) override;
@@ -58,6 +84,7 @@ class InferenceService final : public v1::Inference::CallbackService {
   const Tokenizer* tokenizer_;
   ServiceMetrics* metrics_;
   InferenceServiceOptions options_;
+  const DisaggregationContext* disaggregation_ = nullptr;
   std::atomic<bool> draining_{false};
   std::atomic<int> active_streams_{0};
   std::atomic<uint64_t> next_request_number_{1};

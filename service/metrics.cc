@@ -31,6 +31,8 @@ class EngineStatsCollector : public prometheus::Collectable {
     gauge("baton_requests_queued", "Requests waiting to join the running batch.", s.waiting);
     gauge("baton_kv_blocks_used", "KV cache blocks held by requests.", s.kv_blocks_used);
     gauge("baton_kv_blocks_total", "KV cache blocks in all.", s.kv_blocks_total);
+    gauge("baton_prefill_queue_tokens", "Prompt tokens admitted or queued but not yet computed.",
+          s.queued_prompt_tokens);
     prometheus::MetricFamily preempt;
     preempt.name = "baton_preemptions_total";
     preempt.help = "Requests preempted (recomputed later) because KV ran out.";
@@ -106,6 +108,33 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Start(
                       .Name("baton_requests_total")
                       .Help("Finished requests by gRPC status code.")
                       .Register(r);
+  m->kv_bytes_ = &prometheus::BuildCounter()
+                      .Name("baton_kv_transfer_bytes_total")
+                      .Help("KV cache bytes moved between prefill and decode workers.")
+                      .Register(r)
+                      .Add({});
+  m->kv_seconds_ = &prometheus::BuildHistogram()
+                        .Name("baton_kv_transfer_seconds")
+                        .Help("Duration of one request's KV transfer.")
+                        .Register(r)
+                        .Add({}, LatencyBuckets());
+  m->kv_failures_ = &prometheus::BuildCounter()
+                         .Name("baton_kv_transfer_failures_total")
+                         .Help("KV transfers that failed, by reason.")
+                         .Register(r);
+  m->prefill_path_ = &prometheus::BuildCounter()
+                          .Name("baton_decode_prefill_total")
+                          .Help("Requests a decode worker admitted, by where they were prefilled.")
+                          .Register(r);
+  m->routed_ = &prometheus::BuildCounter()
+                    .Name("baton_router_worker_requests_total")
+                    .Help("Requests the router sent to each worker.")
+                    .Register(r);
+  m->retries_ = &prometheus::BuildCounter()
+                     .Name("baton_router_retries_total")
+                     .Help("Requests the router retried on another prefill worker.")
+                     .Register(r)
+                     .Add({});
   // prometheus-cpp reports a busy port by throwing; keep it inside.
   try {
     m->exposer_ = std::make_unique<prometheus::Exposer>(address);
@@ -134,5 +163,24 @@ void ServiceMetrics::ObserveStep(double seconds, int64_t tokens, int64_t sequenc
 void ServiceMetrics::CountRequest(const std::string& code) {
   requests_->Add({{"code", code}}).Increment();
 }
+
+void ServiceMetrics::CountKvTransfer(uint64_t bytes, double seconds) {
+  kv_bytes_->Increment(static_cast<double>(bytes));
+  kv_seconds_->Observe(seconds);
+}
+
+void ServiceMetrics::CountKvTransferFailure(const std::string& reason) {
+  kv_failures_->Add({{"reason", reason}}).Increment();
+}
+
+void ServiceMetrics::CountPrefillPath(const std::string& path) {
+  prefill_path_->Add({{"path", path}}).Increment();
+}
+
+void ServiceMetrics::CountRoutedRequest(const std::string& role, const std::string& worker) {
+  routed_->Add({{"role", role}, {"worker", worker}}).Increment();
+}
+
+void ServiceMetrics::CountRetry() { retries_->Increment(); }
 
 }  // namespace baton

@@ -41,6 +41,15 @@ class ServiceMetrics {
   // `code` is the gRPC status code name, e.g. "OK", "INVALID_ARGUMENT".
   void CountRequest(const std::string& code);
 
+  // Disaggregation.
+  void CountKvTransfer(uint64_t bytes, double seconds);
+  void CountKvTransferFailure(const std::string& reason);
+  // Where a decode worker's request was prefilled: "local" or "remote".
+  void CountPrefillPath(const std::string& path);
+  // Router: requests sent to a worker, and retries on another prefill worker.
+  void CountRoutedRequest(const std::string& role, const std::string& worker);
+  void CountRetry();
+
  private:
   ServiceMetrics() = default;
 
@@ -57,6 +66,12 @@ class ServiceMetrics {
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generated_tokens_ = nullptr;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Counter* kv_bytes_ = nullptr;
+  prometheus::Histogram* kv_seconds_ = nullptr;
+  prometheus::Family<prometheus::Counter>* kv_failures_ = nullptr;
+  prometheus::Family<prometheus::Counter>* prefill_path_ = nullptr;
+  prometheus::Family<prometheus::Counter>* routed_ = nullptr;
+  prometheus::Counter* retries_ = nullptr;
 };
 
 }  // namespace baton

@@ -23,9 +23,9 @@ int RunVersion(const Args& args) {
 const std::vector<Command>& AllCommands() {
   static const std::vector<Command> kCommands = {
       {"serve", "serve a model over gRPC: prefill and decode in one process", &RunServe},
-      {"prefill", "run a prefill worker that pushes KV to decode workers", nullptr},
-      {"decode", "run a decode worker that receives KV and streams tokens", nullptr},
-      {"router", "the public endpoint in front of prefill and decode pools", nullptr},
+      {"prefill", "run a prefill worker that pushes KV to decode workers", &RunPrefill},
+      {"decode", "run a decode worker that receives KV and streams tokens", &RunDecode},
+      {"router", "the public endpoint in front of prefill and decode pools", &RunRouter},
       {"generate", "stream a completion from a running server to stdout", &RunGenerate},
       {"bench", "measure latency and throughput of a running server", &RunBench},
       {"perplexity", "bits per byte of a text under a model (engine only, no server)",

@@ -22,6 +22,9 @@ const std::vector<Command>& AllCommands();
 
 int RunVersion(const Args& args);
 int RunServe(const Args& args);
+int RunPrefill(const Args& args);
+int RunDecode(const Args& args);
+int RunRouter(const Args& args);
 int RunGenerate(const Args& args);
 int RunBench(const Args& args);
 int RunPerplexity(const Args& args);

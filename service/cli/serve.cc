@@ -1,7 +1,9 @@
-// `baton serve`: prefill and decode in one process behind baton.v1.Inference.
+// `baton serve`, `baton prefill` and `baton decode`: the processes that own
+// a model. They share flags and setup and differ in the services they add.
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -10,9 +12,13 @@
 #include "engine/tokenizer.h"
 #include "service/cli/commands.h"
 #include "service/cli/flag_set.h"
+#include "service/decode_service.h"
 #include "service/grpc_server.h"
 #include "service/inference_service.h"
+#include "service/kv_transport.h"
 #include "service/metrics.h"
+#include "service/peer_auth.h"
+#include "service/prefill_service.h"
 
 namespace baton::cli {
 namespace {
@@ -31,24 +37,65 @@ struct ServeFlags {
   int64_t max_tokens_limit = 4096;
   double drain_timeout_s = 30;
   bool f32_weights = false;
+  std::string secret, secret_file;
+  int64_t data_port = 0;
+  std::string advertise_host;
 };
 
-int Fail(const std::string& message) {
-  std::fprintf(stderr, "baton serve: %s\n", message.c_str());
-  return 1;
+enum class ProcessRole { kServe, kPrefill, kDecode };
+
+const char* RoleName(ProcessRole role) {
+  switch (role) {
+    case ProcessRole::kServe:
+      return "serve";
+    case ProcessRole::kPrefill:
+      return "prefill";
+    case ProcessRole::kDecode:
+      return "decode";
+  }
+  return "?";
 }
+
+const char* RoleSummary(ProcessRole role) {
+  switch (role) {
+    case ProcessRole::kServe:
+      return "Serves a DeepSeek-V2/V3 model over gRPC (baton.v1.Inference), prefill and decode\n"
+             "in one continuously batched engine.";
+    case ProcessRole::kPrefill:
+      return "A prefill worker (baton.internal.v1.PrefillWorker): computes prompts in token-\n"
+             "budgeted batches and pushes each layer's KV to the decode worker that asked, while\n"
+             "later layers compute.";
+    case ProcessRole::kDecode:
+      return "A decode worker (baton.internal.v1.DecodeWorker): admits requests by free KV,\n"
+             "receives their KV from prefill workers on a data channel (or prefills short\n"
+             "prompts itself), and streams tokens through the router.";
+  }
+  return "";
+}
+
+int RunModelProcess(ProcessRole role, const Args& args);
 
 }  // namespace
 
 std::string DefaultModelDir() { return BATON_DEFAULT_MODEL_DIR; }
 
-int RunServe(const Args& args) {
+int RunServe(const Args& args) { return RunModelProcess(ProcessRole::kServe, args); }
+int RunPrefill(const Args& args) { return RunModelProcess(ProcessRole::kPrefill, args); }
+int RunDecode(const Args& args) { return RunModelProcess(ProcessRole::kDecode, args); }
+
+namespace {
+
+int RunModelProcess(ProcessRole role, const Args& args) {
   ServeFlags f;
-  FlagSet flags(
-      "baton serve [flags]",
-      "Serves a DeepSeek-V2/V3 model over gRPC (baton.v1.Inference), prefill and decode\n"
-      "in one continuously batched engine. SIGTERM drains: health turns NOT_SERVING, new\n"
-      "calls get UNAVAILABLE, running requests finish, then the process exits 0.");
+  const std::string name = RoleName(role);
+  auto Fail = [&name](const std::string& message) {
+    std::fprintf(stderr, "baton %s: %s\n", name.c_str(), message.c_str());
+    return 1;
+  };
+  FlagSet flags(absl::StrCat("baton ", name, " [flags]"),
+                absl::StrCat(RoleSummary(role),
+                             "\nSIGTERM drains: health turns NOT_SERVING, new calls get "
+                             "UNAVAILABLE,\nrunning requests finish, then the process exits 0."));
   flags.String("model", &f.model,
                "model directory (config.json, *.safetensors, tokenizer.json); default: the "
                "embedded model " +
@@ -69,7 +116,24 @@ int RunServe(const Args& args) {
   flags.Double("drain-timeout", &f.drain_timeout_s,
                "seconds running requests may take to finish after SIGTERM");
   flags.Bool("f32-weights", &f.f32_weights, "keep BF16 weights as F32 in memory");
+  if (role != ProcessRole::kServe) {
+    flags.String("secret", &f.secret, "the deployment's shared secret for worker-to-worker calls");
+    flags.String("secret-file", &f.secret_file, "read the shared secret from this file");
+  }
+  if (role == ProcessRole::kDecode) {
+    flags.Int("data-port", &f.data_port, "KV data channel port (0: chosen by the OS)");
+    flags.String("advertise-host", &f.advertise_host,
+                 "host prefill workers connect to for KV (default: --host, or $POD_IP when "
+                 "--host is 0.0.0.0)");
+  }
   if (absl::Status s = flags.Parse(args); !s.ok()) return Fail(std::string(s.message()));
+  auto secret = PeerAuth::ReadSecret(f.secret, f.secret_file);
+  if (!secret.ok()) return Fail(std::string(secret.status().message()));
+  PeerAuth auth(*secret);
+  if (role != ProcessRole::kServe && !auth.enabled() && !flags.help_requested()) {
+    std::fprintf(stderr, "baton %s: no --secret: any peer may call the internal API\n",
+                 name.c_str());
+  }
   if (flags.help_requested()) {
     std::fputs(flags.HelpText().c_str(), stdout);
     return 0;
@@ -88,8 +152,8 @@ int RunServe(const Args& args) {
   } else if (!absl::IsNotFound(t.status())) {
     return Fail(std::string(t.status().message()));
   } else {
-    std::fprintf(stderr, "baton serve: %s has no tokenizer.json: token-id prompts only\n",
-                 f.model.c_str());
+    std::fprintf(stderr, "baton %s: %s has no tokenizer.json: token-id prompts only\n",
+                 name.c_str(), f.model.c_str());
   }
 
   EngineOptions engine_options;
@@ -119,30 +183,85 @@ int RunServe(const Args& args) {
 
   InferenceServiceOptions service_options;
   service_options.model_name = f.model.substr(f.model.find_last_of('/') + 1);
-  service_options.role = v1::ROLE_COLOCATED;
+  service_options.role = role == ProcessRole::kServe     ? v1::ROLE_COLOCATED
+                         : role == ProcessRole::kPrefill ? v1::ROLE_PREFILL
+                                                         : v1::ROLE_DECODE;
   service_options.max_tokens_limit = f.max_tokens_limit;
   InferenceService service(&loop, tokenizer.get(), metrics->get(), service_options);
+  std::vector<grpc::Service*> services = {&service};
+
+  // Disaggregation: the KV layout both sides must share, and the role's
+  // internal service.
+  const ModelConfig& config = loop.config();
+  KvLayout layout;
+  layout.fingerprint = ModelFingerprint(f.model, loop.engine().model().weight_bytes());
+  layout.layers = config.num_hidden_layers;
+  layout.width = config.kv_cache_width();
+  layout.block_size = static_cast<int>(f.kv_block_size);
+  std::unique_ptr<PrefillService> prefill;
+  std::unique_ptr<DecodeService> decode;
+  std::unique_ptr<KvReceiver> receiver;
+  ChannelPool channels;
+  DisaggregationContext disaggregation;
+  ServiceMetrics* m = metrics->get();
+  if (role == ProcessRole::kPrefill) {
+    prefill = std::make_unique<PrefillService>(&loop, layout, &auth, m);
+    services.push_back(prefill.get());
+  }
+  if (role == ProcessRole::kDecode) {
+    KvTransferObserver observer;
+    observer.on_success = [m](uint64_t bytes, double seconds) {
+      m->CountKvTransfer(bytes, seconds);
+    };
+    observer.on_failure = [m](const std::string& reason) { m->CountKvTransferFailure(reason); };
+    auto r =
+        KvReceiver::Start(f.host, static_cast<int>(f.data_port), layout, &auth, &loop, observer);
+    if (!r.ok()) return Fail(std::string(r.status().message()));
+    receiver = std::move(*r);
+    std::string advertise = f.advertise_host;
+    if (advertise.empty()) {
+      const char* pod_ip = std::getenv("POD_IP");
+      advertise = f.host != "0.0.0.0" && f.host != "::" ? f.host
+                  : pod_ip != nullptr                   ? pod_ip
+                                                        : "127.0.0.1";
+    }
+    disaggregation.receiver = receiver.get();
+    disaggregation.data_address = absl::StrCat(advertise, ":", receiver->port());
+    disaggregation.layout = layout;
+    disaggregation.auth = &auth;
+    disaggregation.channels = &channels;
+    service.EnableDisaggregation(&disaggregation);
+    decode = std::make_unique<DecodeService>(&service, &loop, &auth, layout.fingerprint);
+    services.push_back(decode.get());
+  }
+
   GrpcServerOptions server_options;
   server_options.host = f.host;
   server_options.port = static_cast<int>(f.port);
-  auto server = GrpcServer::Start(server_options, {&service});
+  auto server = GrpcServer::Start(server_options, services);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   (*server)->SetServing(true);
-  std::printf("baton serve: model %s, listening on %s:%d, metrics on :%d\n", f.model.c_str(),
-              f.host.c_str(), (*server)->port(), (*metrics)->port());
+  const std::string data =
+      receiver ? absl::StrCat(", kv data on ", disaggregation.data_address) : std::string();
+  std::printf("baton %s: model %s, listening on %s:%d, metrics on :%d%s\n", name.c_str(),
+              f.model.c_str(), f.host.c_str(), (*server)->port(), (*metrics)->port(), data.c_str());
   std::fflush(stdout);
 
   const int signal = WaitForTerminationSignal();
-  std::fprintf(stderr, "baton serve: signal %d: draining (up to %.0f s)\n", signal,
+  std::fprintf(stderr, "baton %s: signal %d: draining (up to %.0f s)\n", name.c_str(), signal,
                f.drain_timeout_s);
   (*server)->SetServing(false);
   service.StartDraining();
+  if (prefill) prefill->StartDraining();
   const absl::Time deadline = absl::Now() + absl::Seconds(f.drain_timeout_s);
-  while (service.active_streams() > 0 && absl::Now() < deadline)
+  while ((service.active_streams() > 0 || (prefill && prefill->active() > 0)) &&
+         absl::Now() < deadline) {
     absl::SleepFor(absl::Milliseconds(20));
+  }
   (*server)->Shutdown(absl::Seconds(1));
-  std::fprintf(stderr, "baton serve: drained, exiting\n");
+  std::fprintf(stderr, "baton %s: drained, exiting\n", name.c_str());
   return 0;
 }
 
+}  // namespace
 }  // namespace baton::cli

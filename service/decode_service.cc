@@ -1,0 +1,51 @@
+#include "service/decode_service.h"
+
+#include "service/prefill_service.h"
+
+namespace baton {
+namespace {
+
+// A stream refused before it starts.
+class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+DecodeService::DecodeService(InferenceService* inference, EngineLoop* loop, const PeerAuth* auth,
+                             std::string fingerprint)
+    : inference_(inference), loop_(loop), auth_(auth), fingerprint_(std::move(fingerprint)) {}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
+    grpc::CallbackServerContext* context, const internal::v1::DecodeGenerateRequest* request) {
+  if (!auth_->Allow(PresentedSecret(*context), "DecodeWorker.Generate", context->peer())) {
+    return new RefusedStream(grpc::Status(grpc::UNAUTHENTICATED, "wrong or missing shared secret"));
+  }
+  PrefillPlan plan;
+  plan.prefill_address = request->prefill_address();
+  plan.local_threshold = request->local_prefill_threshold();
+  return inference_->StartGenerate(context, &request->request(), &plan);
+}
+
+grpc::ServerUnaryReactor* DecodeService::GetLoad(grpc::CallbackServerContext* context,
+                                                 const internal::v1::LoadRequest*,
+                                                 internal::v1::LoadReport* report) {
+  auto* reactor = context->DefaultReactor();
+  if (!auth_->Allow(PresentedSecret(*context), "DecodeWorker.GetLoad", context->peer())) {
+    reactor->Finish(grpc::Status(grpc::UNAUTHENTICATED, "wrong or missing shared secret"));
+    return reactor;
+  }
+  const EngineStats s = loop_->stats();
+  report->set_queued_tokens(s.queued_prompt_tokens);
+  report->set_running_requests(s.running);
+  report->set_queued_requests(s.waiting);
+  report->set_kv_blocks_free(s.kv_blocks_total - s.kv_blocks_used);
+  report->set_kv_blocks_total(s.kv_blocks_total);
+  report->set_model_fingerprint(fingerprint_);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace baton

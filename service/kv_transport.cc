@@ -1,0 +1,480 @@
+#include "service/kv_transport.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace baton {
+namespace {
+
+constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'K', 'V', '1'};
+constexpr uint32_t kDoneLayer = 0xffffffffu;
+constexpr uint32_t kMaxHelloBytes = 64 << 10;
+
+struct FrameHeader {
+  uint32_t layer;
+  uint32_t zero;
+  uint64_t begin;
+  uint64_t end;
+};
+static_assert(sizeof(FrameHeader) == 24);
+
+// Reads exactly n bytes, waiting at most timeout_ms for each piece.
+absl::Status ReadFull(int fd, void* data, size_t n, int timeout_ms) {
+  auto* p = static_cast<uint8_t*>(data);
+  while (n > 0) {
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = poll(&pfd, 1, timeout_ms);
+    if (ready == 0) return absl::DeadlineExceededError("the peer went silent");
+    if (ready < 0 && errno != EINTR) return absl::UnavailableError("poll failed");
+    if (ready < 0) continue;
+    const ssize_t got = read(fd, p, n);
+    if (got == 0) return absl::UnavailableError("the peer closed the data channel");
+    if (got < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return absl::UnavailableError(absl::StrCat("read failed: ", std::strerror(errno)));
+    }
+    p += got;
+    n -= static_cast<size_t>(got);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteFull(int fd, const void* data, size_t n) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t put = send(fd, p, n, MSG_NOSIGNAL);
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      return absl::UnavailableError(absl::StrCat("write failed: ", std::strerror(errno)));
+    }
+    p += put;
+    n -= static_cast<size_t>(put);
+  }
+  return absl::OkStatus();
+}
+
+void TuneSocket(int fd) {
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  const int buffer = 4 << 20;  // Layers are megabytes: large kernel buffers.
+  setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer, sizeof buffer);
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+}
+
+absl::Status SendReply(int fd, uint32_t status, const std::string& message) {
+  uint32_t head[2] = {status, static_cast<uint32_t>(message.size())};
+  if (absl::Status s = WriteFull(fd, head, sizeof head); !s.ok()) return s;
+  return WriteFull(fd, message.data(), message.size());
+}
+
+std::string PeerName(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return "?";
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    return "?";
+  }
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+std::string ModelFingerprint(const std::string& model_dir, size_t weight_bytes) {
+  std::ifstream in(model_dir + "/config.json", std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char ch : text.str()) h = (h ^ ch) * 1099511628211ull;
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return absl::StrCat(hex, "-", weight_bytes);
+}
+
+// ---------------------------------------------------------------- receiver
+
+absl::StatusOr<std::unique_ptr<KvReceiver>> KvReceiver::Start(const std::string& host, int port,
+                                                              KvLayout layout, const PeerAuth* auth,
+                                                              EngineLoop* loop,
+                                                              KvTransferObserver observer) {
+  auto r = std::unique_ptr<KvReceiver>(new KvReceiver());
+  r->layout_ = std::move(layout);
+  r->auth_ = auth;
+  r->loop_ = loop;
+  r->observer_ = std::move(observer);
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  const std::string port_text = std::to_string(port);
+  if (getaddrinfo(host.empty() ? nullptr : host.c_str(), port_text.c_str(), &hints, &found) != 0 ||
+      found == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("data channel: cannot resolve ", host));
+  }
+  const int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  const bool bound = bind(fd, found->ai_addr, found->ai_addrlen) == 0 && listen(fd, 64) == 0;
+  freeaddrinfo(found);
+  if (!bound) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("data channel: cannot listen on ", host, ":", port,
+                                               ": ", std::strerror(errno)));
+  }
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  r->port_ = ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                              : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+  r->listen_fd_ = fd;
+  r->accept_thread_ = std::thread([raw = r.get()] { raw->AcceptLoop(); });
+  return r;
+}
+
+KvReceiver::~KvReceiver() {
+  stopping_.store(true);
+  shutdown(listen_fd_, SHUT_RDWR);
+  close(listen_fd_);
+  accept_thread_.join();
+  std::vector<std::thread> threads;
+  {
+    absl::MutexLock lock(&mu_);
+    for (int fd : open_fds_) shutdown(fd, SHUT_RDWR);
+    threads.swap(connections_);
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+void KvReceiver::AcceptLoop() {
+  while (!stopping_.load()) {
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (stopping_.load()) return;
+      continue;
+    }
+    TuneSocket(fd);
+    absl::MutexLock lock(&mu_);
+    open_fds_.push_back(fd);
+    connections_.emplace_back([this, fd] { Serve(fd); });
+  }
+}
+
+void KvReceiver::Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
+                        std::function<void(absl::Status)> on_done) {
+  absl::MutexLock lock(&mu_);
+  expected_[transfer_id] = {request_id, tokens, std::move(on_done), -1};
+}
+
+void KvReceiver::Forget(uint64_t transfer_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = expected_.find(transfer_id);
+  if (it == expected_.end()) return;
+  if (it->second.fd >= 0) shutdown(it->second.fd, SHUT_RDWR);  // Unblocks its reader.
+  expected_.erase(it);
+}
+
+void KvReceiver::Complete(uint64_t transfer_id, const absl::Status& status) {
+  std::function<void(absl::Status)> on_done;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = expected_.find(transfer_id);
+    if (it == expected_.end()) return;
+    on_done = std::move(it->second.on_done);
+    expected_.erase(it);
+  }
+  if (!status.ok() && observer_.on_failure) observer_.on_failure(std::string(status.message()));
+  if (on_done) on_done(status);
+}
+
+void KvReceiver::Serve(int fd) {
+  const std::string peer = PeerName(fd);
+  uint64_t transfer_id = 0;
+  bool claimed = false;
+  auto finish = [&](const absl::Status& status) {
+    if (claimed) Complete(transfer_id, status);
+    absl::MutexLock lock(&mu_);
+    open_fds_.erase(std::remove(open_fds_.begin(), open_fds_.end(), fd), open_fds_.end());
+    close(fd);
+  };
+  // Handshake.
+  char magic[8];
+  uint32_t hello_len = 0;
+  if (!ReadFull(fd, magic, 8, kIdleTimeoutMs).ok() || std::memcmp(magic, kMagic, 8) != 0 ||
+      !ReadFull(fd, &hello_len, 4, kIdleTimeoutMs).ok() || hello_len > kMaxHelloBytes) {
+    if (observer_.on_failure) observer_.on_failure("bad_handshake");
+    finish(absl::OkStatus());
+    return;
+  }
+  std::string hello_text(hello_len, '\0');
+  if (!ReadFull(fd, hello_text.data(), hello_len, kIdleTimeoutMs).ok()) {
+    finish(absl::OkStatus());
+    return;
+  }
+  nlohmann::json hello = nlohmann::json::parse(hello_text, nullptr, false);
+  auto field = [&](const char* name) -> std::string {
+    if (!hello.is_object() || !hello.contains(name)) return "";
+    const auto& v = hello[name];
+    return v.is_string() ? v.get<std::string>() : v.dump();
+  };
+  std::string refusal;
+  if (!auth_->Allow(field("secret"), "KV data channel", peer)) {
+    refusal = "refused: wrong or missing shared secret";
+  } else if (field("fingerprint") != layout_.fingerprint) {
+    refusal = absl::StrCat("refused: model mismatch (decode serves ", layout_.fingerprint,
+                           ", prefill sends ", field("fingerprint"), ")");
+  } else if (field("layers") != std::to_string(layout_.layers) ||
+             field("width") != std::to_string(layout_.width) ||
+             field("block_size") != std::to_string(layout_.block_size) ||
+             field("dtype") != layout_.dtype) {
+    refusal = absl::StrCat("refused: KV layout mismatch (decode: ", layout_.layers, " layers x ",
+                           layout_.width, " ", layout_.dtype, ", block ", layout_.block_size,
+                           "; prefill: ", field("layers"), " x ", field("width"), " ",
+                           field("dtype"), ", block ", field("block_size"), ")");
+  } else {
+    uint64_t id = 0;
+    if (hello.contains("transfer_id") && hello["transfer_id"].is_number_unsigned()) {
+      id = hello["transfer_id"].get<uint64_t>();
+    }
+    absl::MutexLock lock(&mu_);
+    auto it = expected_.find(id);
+    if (it == expected_.end() || it->second.fd >= 0) {
+      refusal = "refused: unknown or already served transfer";
+    } else {
+      it->second.fd = fd;
+      transfer_id = id;
+      claimed = true;
+    }
+  }
+  if (!refusal.empty()) {
+    if (observer_.on_failure) observer_.on_failure("refused");
+    (void)SendReply(fd, 1, refusal);
+    finish(absl::OkStatus());
+    return;
+  }
+  if (!SendReply(fd, 0, "ok").ok()) {
+    finish(absl::UnavailableError("the prefill worker left during the handshake"));
+    return;
+  }
+  int64_t request_id, tokens;
+  {
+    absl::MutexLock lock(&mu_);
+    request_id = expected_[transfer_id].request_id;
+    tokens = expected_[transfer_id].tokens;
+  }
+  // Frames.
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<int64_t> rows_per_layer(layout_.layers, 0);
+  std::vector<float> rows;
+  uint64_t bytes = 0;
+  while (true) {
+    FrameHeader h;
+    if (absl::Status s = ReadFull(fd, &h, sizeof h, kIdleTimeoutMs); !s.ok()) {
+      finish(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
+      return;
+    }
+    if (h.layer == kDoneLayer) {
+      for (int layer = 0; layer < layout_.layers; ++layer) {
+        if (rows_per_layer[layer] != tokens || static_cast<int64_t>(h.end) != tokens) {
+          finish(absl::DataLossError(absl::StrCat("KV transfer incomplete: layer ", layer, " has ",
+                                                  rows_per_layer[layer], " of ", tokens, " rows")));
+          return;
+        }
+      }
+      loop_->FinishImport(request_id);
+      if (observer_.on_success) {
+        observer_.on_success(
+            bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+      finish(absl::OkStatus());
+      return;
+    }
+    if (h.layer >= static_cast<uint32_t>(layout_.layers) || h.begin >= h.end ||
+        static_cast<int64_t>(h.end) > tokens) {
+      finish(absl::DataLossError("KV frame outside the transfer"));
+      return;
+    }
+    const size_t count = static_cast<size_t>(h.end - h.begin) * layout_.width;
+    rows.resize(count);
+    if (absl::Status s = ReadFull(fd, rows.data(), count * sizeof(float), kIdleTimeoutMs);
+        !s.ok()) {
+      finish(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
+      return;
+    }
+    bytes += sizeof h + count * sizeof(float);
+    if (absl::Status s =
+            loop_->ImportKv(request_id, static_cast<int>(h.layer), static_cast<int64_t>(h.begin),
+                            static_cast<int64_t>(h.end), rows.data());
+        !s.ok()) {
+      finish(s);
+      return;
+    }
+    rows_per_layer[h.layer] += static_cast<int64_t>(h.end - h.begin);
+  }
+}
+
+// ------------------------------------------------------------------ sender
+
+KvSender::KvSender(std::string address, uint64_t transfer_id, KvLayout layout, std::string secret,
+                   std::function<void(absl::Status)> on_failure)
+    : address_(std::move(address)),
+      transfer_id_(transfer_id),
+      layout_(std::move(layout)),
+      secret_(std::move(secret)),
+      on_failure_(std::move(on_failure)) {
+  thread_ = std::thread([this] { Run(); });
+}
+
+KvSender::~KvSender() {
+  Abort();
+  // The last owner may let go from a callback on the sender thread itself.
+  if (thread_.get_id() == std::this_thread::get_id()) {
+    thread_.detach();
+  } else {
+    thread_.join();
+  }
+}
+
+void KvSender::Send(int layer, int64_t begin, int64_t end, std::vector<float> rows) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (aborted_ || failed_) return;
+  queue_.push_back({layer, begin, end, std::move(rows)});
+  cv_.notify_one();
+}
+
+void KvSender::Finish(int64_t tokens, std::function<void(absl::Status)> on_done) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_done_ = std::move(on_done);
+  queue_.push_back({static_cast<int>(kDoneLayer), 0, tokens, {}});
+  finishing_ = true;
+  cv_.notify_one();
+}
+
+void KvSender::Abort() {
+  std::lock_guard<std::mutex> lock(mu_);
+  aborted_ = true;
+  if (fd_ >= 0) shutdown(fd_, SHUT_RDWR);
+  cv_.notify_one();
+}
+
+absl::Status KvSender::Connect() {
+  const size_t colon = address_.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("bad data address ", address_));
+  }
+  std::string host = address_.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), address_.substr(colon + 1).c_str(), &hints, &found) != 0) {
+    return absl::UnavailableError(absl::StrCat("cannot resolve ", address_));
+  }
+  const int fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const bool connected = connect(fd, found->ai_addr, found->ai_addrlen) == 0;
+  freeaddrinfo(found);
+  if (!connected) {
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("cannot connect to the data channel ", address_, ": ", std::strerror(errno)));
+  }
+  TuneSocket(fd);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fd_ = fd;
+    if (aborted_) return absl::CancelledError("aborted");
+  }
+  nlohmann::json hello = {{"secret", secret_},
+                          {"fingerprint", layout_.fingerprint},
+                          {"layers", layout_.layers},
+                          {"width", layout_.width},
+                          {"block_size", layout_.block_size},
+                          {"dtype", layout_.dtype},
+                          {"transfer_id", transfer_id_}};
+  const std::string text = hello.dump();
+  const uint32_t len = static_cast<uint32_t>(text.size());
+  if (absl::Status s = WriteFull(fd, kMagic, 8); !s.ok()) return s;
+  if (absl::Status s = WriteFull(fd, &len, 4); !s.ok()) return s;
+  if (absl::Status s = WriteFull(fd, text.data(), text.size()); !s.ok()) return s;
+  uint32_t head[2];
+  if (absl::Status s = ReadFull(fd, head, sizeof head, KvReceiver::kIdleTimeoutMs); !s.ok())
+    return s;
+  std::string message(std::min<uint32_t>(head[1], kMaxHelloBytes), '\0');
+  if (absl::Status s = ReadFull(fd, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
+      !s.ok()) {
+    return s;
+  }
+  if (head[0] != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("decode worker ", address_, ": ", message));
+  }
+  return absl::OkStatus();
+}
+
+std::function<void(absl::Status)> KvSender::TakeNotifier(bool success) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failed_) return nullptr;
+  failed_ = true;  // Report once.
+  if (success) return on_done_;
+  if (aborted_) return nullptr;  // The owner stopped us: nothing to report.
+  return finishing_ && on_done_ ? on_done_ : on_failure_;
+}
+
+void KvSender::Run() {
+  std::function<void(absl::Status)> notify;
+  absl::Status result = Connect();
+  if (!result.ok()) {
+    notify = TakeNotifier(false);
+  } else {
+    while (true) {
+      Frame frame;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return aborted_ || !queue_.empty(); });
+        if (aborted_) break;
+        frame = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      FrameHeader h{static_cast<uint32_t>(frame.layer), 0, static_cast<uint64_t>(frame.begin),
+                    static_cast<uint64_t>(frame.end)};
+      absl::Status s = WriteFull(fd_, &h, sizeof h);
+      if (s.ok() && !frame.rows.empty()) {
+        s = WriteFull(fd_, frame.rows.data(), frame.rows.size() * sizeof(float));
+      }
+      if (!s.ok()) {
+        result = absl::UnavailableError(
+            absl::StrCat("decode worker ", address_, " closed the data channel"));
+        notify = TakeNotifier(false);
+        break;
+      }
+      bytes_sent_.fetch_add(sizeof h + frame.rows.size() * sizeof(float));
+      if (static_cast<uint32_t>(frame.layer) == kDoneLayer) {
+        notify = TakeNotifier(true);
+        break;
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+  // Last: the callback may destroy this sender.
+  if (notify) notify(result);
+}
+
+}  // namespace baton

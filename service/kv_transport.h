@@ -1,0 +1,155 @@
+// The KV data channel of disaggregated serving: a prefill worker pushes each
+// layer's MLA KV rows to a decode worker over plain TCP in large binary
+// frames (no per-element protobuf), after a handshake that checks the shared
+// secret, the model identity and the KV layout.
+//
+// Wire format, little-endian:
+//   hello   "BATONKV1", u32 n, n bytes of JSON {secret, fingerprint, layers,
+//           width, block_size, dtype, transfer_id}
+//   reply   u32 status (0: accepted), u32 n, n bytes of message
+//   frame   u32 layer, u32 zero, u64 begin, u64 end, (end-begin)*width f32
+//   done    a frame with layer 0xffffffff and end = tokens sent; no payload
+//
+// This file is the one place that picks the transport; CUDA IPC and NCCL
+// senders/receivers can join behind the same two classes.
+#ifndef BATON_SERVICE_KV_TRANSPORT_H_
+#define BATON_SERVICE_KV_TRANSPORT_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine_loop.h"
+#include "service/peer_auth.h"
+
+namespace baton {
+
+// What both ends must agree on.
+struct KvLayout {
+  std::string fingerprint;  // Model identity (config and weights).
+  int layers = 0;
+  int width = 0;  // Floats per token per layer.
+  int block_size = 0;
+  std::string dtype = "f32";
+};
+
+// A model identity from its config.json bytes and weight bytes.
+std::string ModelFingerprint(const std::string& model_dir, size_t weight_bytes);
+
+// Called with transfer outcomes and sizes, for metrics.
+struct KvTransferObserver {
+  std::function<void(uint64_t bytes, double seconds)> on_success;
+  std::function<void(const std::string& reason)> on_failure;
+};
+
+// Decode side: accepts data channels and imports their frames into the
+// blocks the engine reserved. Thread-safety: all methods are thread-safe.
+class KvReceiver {
+ public:
+  static absl::StatusOr<std::unique_ptr<KvReceiver>> Start(const std::string& host, int port,
+                                                           KvLayout layout, const PeerAuth* auth,
+                                                           EngineLoop* loop,
+                                                           KvTransferObserver observer);
+  ~KvReceiver();
+
+  int port() const { return port_; }
+  // Frames for `transfer_id` go to engine request `request_id`, which awaits
+  // `tokens` rows per layer. `on_done` runs once, on a receiver thread: OK
+  // after the engine was told the import finished, or the failure.
+  void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
+              std::function<void(absl::Status)> on_done);
+  // The request ended: drop its transfer (and any connection still sending).
+  void Forget(uint64_t transfer_id);
+
+  // A silent sender is cut off after this long.
+  static constexpr int kIdleTimeoutMs = 5000;
+
+ private:
+  struct Expected {
+    int64_t request_id = 0;
+    int64_t tokens = 0;
+    std::function<void(absl::Status)> on_done;
+    int fd = -1;  // The connection serving it, once one does.
+  };
+  KvReceiver() = default;
+  void AcceptLoop();
+  void Serve(int fd);
+  // Runs on_done once and forgets the transfer.
+  void Complete(uint64_t transfer_id, const absl::Status& status);
+
+  KvLayout layout_;
+  const PeerAuth* auth_ = nullptr;
+  EngineLoop* loop_ = nullptr;
+  KvTransferObserver observer_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread accept_thread_;
+  absl::Mutex mu_;
+  std::map<uint64_t, Expected> expected_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> connections_ ABSL_GUARDED_BY(mu_);
+  std::vector<int> open_fds_ ABSL_GUARDED_BY(mu_);
+};
+
+// Prefill side: one transfer. Frames are queued by the engine thread and
+// written by the sender's own thread, so computing never waits for the
+// network. Thread-safety: all methods are thread-safe.
+class KvSender {
+ public:
+  // Connects to `address` (host:port) and handshakes on the sender thread;
+  // `on_failure` runs once if the channel fails before Finish completes.
+  KvSender(std::string address, uint64_t transfer_id, KvLayout layout, std::string secret,
+           std::function<void(absl::Status)> on_failure);
+  ~KvSender();
+
+  void Send(int layer, int64_t begin, int64_t end, std::vector<float> rows);
+  // Queues the end marker; `on_done` runs on the sender thread once all is
+  // written (OK) or the channel failed.
+  void Finish(int64_t tokens, std::function<void(absl::Status)> on_done);
+  // Stops at once and closes the connection.
+  void Abort();
+  uint64_t bytes_sent() const { return bytes_sent_.load(); }
+
+ private:
+  struct Frame {
+    int layer;
+    int64_t begin, end;
+    std::vector<float> rows;
+  };
+  void Run();
+  absl::Status Connect();
+  // The callback to run for the transfer's outcome, once; null if already
+  // reported or aborted by the owner.
+  std::function<void(absl::Status)> TakeNotifier(bool success);
+
+  const std::string address_;
+  const uint64_t transfer_id_;
+  const KvLayout layout_;
+  const std::string secret_;
+  std::function<void(absl::Status)> on_failure_;
+  std::function<void(absl::Status)> on_done_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Frame> queue_;
+  bool finishing_ = false;
+  bool aborted_ = false;
+  bool failed_ = false;
+  int fd_ = -1;
+  std::atomic<uint64_t> bytes_sent_{0};
+  std::thread thread_;
+};
+
+}  // namespace baton
+
+#endif  // BATON_SERVICE_KV_TRANSPORT_H_

@@ -1,0 +1,49 @@
+// baton.internal.v1.PrefillWorker on `baton prefill`: computes prompts in
+// token-budgeted batches and pushes each layer's KV to the decode worker
+// that asked, while the next layers compute.
+//
+// Thread-safety: called by gRPC on its threads; all state is thread-safe.
+#ifndef BATON_SERVICE_PREFILL_SERVICE_H_
+#define BATON_SERVICE_PREFILL_SERVICE_H_
+
+#include <atomic>
+
+#include "baton/internal/v1/worker.grpc.pb.h"
+#include "engine/engine_loop.h"
+#include "service/kv_transport.h"
+#include "service/metrics.h"
+#include "service/peer_auth.h"
+
+namespace baton {
+
+class PrefillService final : public internal::v1::PrefillWorker::CallbackService {
+ public:
+  PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth, ServiceMetrics* metrics);
+
+  grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
+                                    const internal::v1::PrefillRequest* request,
+                                    internal::v1::PrefillResponse* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const internal::v1::LoadRequest* request,
+                                    internal::v1::LoadReport* response) override;
+
+  void StartDraining() { draining_.store(true); }
+  int active() const { return active_.load(); }
+
+ private:
+  class PrefillCall;
+
+  EngineLoop* loop_;
+  KvLayout layout_;
+  const PeerAuth* auth_;
+  ServiceMetrics* metrics_;
+  std::atomic<bool> draining_{false};
+  std::atomic<int> active_{0};
+};
+
+// The secret a server call presented in its metadata.
+std::string PresentedSecret(const grpc::CallbackServerContext& context);
+
+}  // namespace baton
+
+#endif  // BATON_SERVICE_PREFILL_SERVICE_H_

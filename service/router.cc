@@ -1,0 +1,374 @@
+#include "service/router.h"
+
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "service/peer_auth.h"
+
+namespace baton {
+namespace {
+
+// "host:port" -> every "ip:port" the host resolves to (IPv6 bracketed).
+std::vector<std::string> Resolve(const std::string& target) {
+  const size_t colon = target.rfind(':');
+  std::string host = target.substr(0, colon);
+  const std::string port = target.substr(colon + 1);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  std::vector<std::string> out;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &found) != 0) return out;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    char ip[NI_MAXHOST];
+    if (getnameinfo(a->ai_addr, a->ai_addrlen, ip, sizeof ip, nullptr, 0, NI_NUMERICHOST) != 0) {
+      continue;
+    }
+    std::string address =
+        a->ai_family == AF_INET6 ? absl::StrCat("[", ip, "]:", port) : absl::StrCat(ip, ":", port);
+    if (std::find(out.begin(), out.end(), address) == out.end()) out.push_back(address);
+  }
+  freeaddrinfo(found);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> ParseTargets(const std::string& list,
+                                                      const std::string& flag) {
+  std::vector<std::string> targets;
+  for (absl::string_view piece : absl::StrSplit(list, ',', absl::SkipWhitespace())) {
+    const std::string t(piece);
+    const size_t colon = t.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(t.substr(colon + 1), &port) ||
+        port <= 0 || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": \"", t, "\" is not host:port"));
+    }
+    targets.push_back(t);
+  }
+  return targets;
+}
+
+WorkerPool::WorkerPool(Role role, std::vector<std::string> targets, ChannelPool* channels,
+                       std::string secret)
+    : role_(role), targets_(std::move(targets)), channels_(channels), secret_(std::move(secret)) {}
+
+void WorkerPool::Refresh(bool resolve) {
+  std::vector<std::string> addresses;
+  if (resolve) {
+    for (const std::string& t : targets_) {
+      for (std::string& a : Resolve(t)) addresses.push_back(std::move(a));
+    }
+    absl::MutexLock lock(&mu_);
+    std::map<std::string, Worker> next;
+    for (const std::string& a : addresses) next[a] = workers_.count(a) ? workers_[a] : Worker();
+    workers_.swap(next);
+  } else {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [a, w] : workers_) addresses.push_back(a);
+  }
+  for (const std::string& address : addresses) {
+    Worker probe;
+    auto channel = channels_->Get(address);
+    const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(400);
+    grpc::ClientContext health_context;
+    health_context.set_deadline(deadline);
+    grpc::health::v1::HealthCheckResponse health;
+    const bool serving =
+        grpc::health::v1::Health::NewStub(channel)
+            ->Check(&health_context, grpc::health::v1::HealthCheckRequest(), &health)
+            .ok() &&
+        health.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+    internal::v1::LoadReport load;
+    bool loaded = false;
+    if (serving) {
+      grpc::ClientContext load_context;
+      load_context.set_deadline(deadline);
+      load_context.AddMetadata(PeerAuth::kMetadataKey, secret_);
+      grpc::Status s = role_ == Role::kPrefill
+                           ? internal::v1::PrefillWorker::NewStub(channel)->GetLoad(
+                                 &load_context, internal::v1::LoadRequest(), &load)
+                           : internal::v1::DecodeWorker::NewStub(channel)->GetLoad(
+                                 &load_context, internal::v1::LoadRequest(), &load);
+      loaded = s.ok();
+    }
+    probe.healthy = serving && loaded;
+    probe.queued_tokens = static_cast<int64_t>(load.queued_tokens());
+    probe.kv_free = static_cast<int64_t>(load.kv_blocks_free());
+    probe.running = static_cast<int64_t>(load.running_requests());
+    absl::MutexLock lock(&mu_);
+    if (workers_.count(address)) workers_[address] = probe;
+  }
+}
+
+std::optional<std::string> WorkerPool::Pick(const std::set<std::string>& exclude) {
+  absl::MutexLock lock(&mu_);
+  std::optional<std::string> best;
+  double best_score = 0;
+  for (const auto& [address, w] : workers_) {
+    if (!w.healthy || exclude.count(address)) continue;
+    // Prefill: fewest queued tokens. Decode: most free KV, then fewest running.
+    const double score = role_ == Role::kPrefill
+                             ? -static_cast<double>(w.queued_tokens + w.pending)
+                             : static_cast<double>(w.kv_free) * 1e3 - (w.running + w.pending);
+    if (!best || score > best_score) {
+      best = address;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
+void WorkerPool::NoteAssigned(const std::string& address, int64_t tokens) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(address);
+  if (it != workers_.end()) it->second.pending += role_ == Role::kPrefill ? tokens : 1;
+}
+
+size_t WorkerPool::healthy() const {
+  absl::MutexLock lock(&mu_);
+  size_t n = 0;
+  for (const auto& [a, w] : workers_) n += w.healthy;
+  return n;
+}
+
+// One client stream: a public writer and, per attempt, an upstream reader
+// on a decode worker. The relay deletes itself when both sides are done.
+class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  Relay(RouterService* service, grpc::CallbackServerContext* context,
+        const v1::GenerateRequest* request)
+      : service_(service), context_(context), request_(*request) {
+    service_->active_.fetch_add(1);
+    if (service_->draining_.load()) {
+      FinishPublic(grpc::Status(grpc::UNAVAILABLE, "the router is draining"));
+      return;
+    }
+    StartAttempt();
+  }
+
+  void OnWriteDone(bool ok) override {
+    Upstream* up;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      up = upstream_.get();
+      if (!ok) client_gone_ = true;
+    }
+    if (!ok) {
+      CancelUpstream();
+      return;
+    }
+    up->ReadNext();
+  }
+
+  void OnCancel() override {
+    {
+      absl::MutexLock lock(&mu_);
+      client_gone_ = true;
+    }
+    CancelUpstream();
+  }
+
+  void OnDone() override {
+    service_->active_.fetch_sub(1);
+    bool last;
+    {
+      absl::MutexLock lock(&mu_);
+      public_done_ = true;
+      last = upstream_ == nullptr || upstream_->finished;
+    }
+    if (last) delete this;
+  }
+
+ private:
+  // One call to a decode worker.
+  class Upstream : public grpc::ClientReadReactor<v1::GenerateResponse> {
+   public:
+    explicit Upstream(Relay* relay) : relay_(relay) {}
+    void ReadNext() { StartRead(&chunk_); }
+    void OnReadDone(bool ok) override {
+      if (ok) relay_->Forward(chunk_);
+    }
+    void OnDone(const grpc::Status& status) override { relay_->UpstreamDone(this, status); }
+
+    grpc::ClientContext context;
+    internal::v1::DecodeGenerateRequest request;
+    std::string decode_address, prefill_address;
+    bool finished = false;  // Guarded by the relay's mu_.
+
+   private:
+    Relay* relay_;
+    v1::GenerateResponse chunk_;
+  };
+
+  void StartAttempt() {
+    ++attempts_;
+    auto decode = service_->decode_->Pick(failed_decode_);
+    if (!decode) {
+      FinishPublic(grpc::Status(grpc::UNAVAILABLE, "no healthy decode worker"));
+      return;
+    }
+    std::optional<std::string> prefill = service_->prefill_->Pick(failed_prefill_);
+    auto up = std::make_unique<Upstream>(this);
+    up->decode_address = *decode;
+    up->prefill_address = prefill.value_or("");
+    *up->request.mutable_request() = request_;
+    up->request.set_prefill_address(up->prefill_address);
+    up->request.set_local_prefill_threshold(
+        static_cast<uint32_t>(service_->options_.local_prefill_threshold));
+    up->context.AddMetadata(PeerAuth::kMetadataKey, service_->options_.secret);
+    if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
+      up->context.set_deadline(context_->deadline());
+    }
+    service_->decode_->NoteAssigned(*decode, 1);
+    service_->metrics_->CountRoutedRequest("decode", *decode);
+    if (prefill) {
+      const int64_t tokens = request_.has_token_ids()
+                                 ? request_.token_ids().ids_size()
+                                 : static_cast<int64_t>(request_.text().size() / 4);
+      service_->prefill_->NoteAssigned(*prefill, tokens);
+      service_->metrics_->CountRoutedRequest("prefill", *prefill);
+    }
+    Upstream* raw = up.get();
+    {
+      absl::MutexLock lock(&mu_);
+      upstream_ = std::move(up);
+    }
+    auto stub = internal::v1::DecodeWorker::NewStub(service_->channels_->Get(*decode));
+    stub->async()->Generate(&raw->context, &raw->request, raw);
+    raw->ReadNext();
+    raw->StartCall();
+  }
+
+  void Forward(const v1::GenerateResponse& chunk) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (client_gone_) return;
+      sent_any_ = true;
+      out_ = chunk;
+      writing_ = true;
+    }
+    StartWrite(&out_);
+  }
+
+  void CancelUpstream() {
+    absl::MutexLock lock(&mu_);
+    if (upstream_ != nullptr && !upstream_->finished) upstream_->context.TryCancel();
+  }
+
+  void UpstreamDone(Upstream* up, const grpc::Status& status) {
+    bool retry = false, delete_self = false, finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      up->finished = true;
+      if (public_done_) {
+        delete_self = true;
+      } else if (!client_gone_ && !sent_any_ && attempts_ < service_->options_.max_attempts &&
+                 (status.error_code() == grpc::ABORTED ||
+                  status.error_code() == grpc::UNAVAILABLE)) {
+        // Nothing reached the client: try again, avoiding what failed.
+        if (status.error_code() == grpc::ABORTED && !up->prefill_address.empty()) {
+          failed_prefill_.insert(up->prefill_address);
+        } else {
+          failed_decode_.insert(up->decode_address);
+        }
+        retry = true;
+      } else {
+        finish = true;
+      }
+    }
+    if (delete_self) {
+      delete this;
+      return;
+    }
+    if (retry) {
+      service_->metrics_->CountRetry();
+      StartAttempt();
+      return;
+    }
+    if (finish) {
+      grpc::Status out = status;
+      if (status.error_code() == grpc::UNAVAILABLE || status.error_code() == grpc::ABORTED) {
+        out = grpc::Status(grpc::UNAVAILABLE, absl::StrCat("decode worker ", up->decode_address,
+                                                           ": ", status.error_message()));
+      }
+      FinishPublic(out);
+    }
+  }
+
+  void FinishPublic(const grpc::Status& status) {
+    service_->metrics_->CountRequest(status.ok() ? "OK" : std::to_string(status.error_code()));
+    Finish(status);
+  }
+
+  RouterService* service_;
+  grpc::CallbackServerContext* context_;
+  v1::GenerateRequest request_;
+  absl::Mutex mu_;
+  std::unique_ptr<Upstream> upstream_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool sent_any_ ABSL_GUARDED_BY(mu_) = false;
+  bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool public_done_ ABSL_GUARDED_BY(mu_) = false;
+  int attempts_ = 0;
+  std::set<std::string> failed_prefill_, failed_decode_;
+  v1::GenerateResponse out_;
+};
+
+RouterService::RouterService(WorkerPool* prefill, WorkerPool* decode, ChannelPool* channels,
+                             ServiceMetrics* metrics, RouterOptions options)
+    : prefill_(prefill),
+      decode_(decode),
+      channels_(channels),
+      metrics_(metrics),
+      options_(std::move(options)) {}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  return new Relay(this, context, request);
+}
+
+grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetModelInfoRequest* request,
+                                                      v1::ModelInfo* response) {
+  auto* reactor = context->DefaultReactor();
+  auto decode = decode_->Pick({});
+  if (!decode) {
+    reactor->Finish(grpc::Status(grpc::UNAVAILABLE, "no healthy decode worker"));
+    return reactor;
+  }
+  auto client = std::make_shared<grpc::ClientContext>();
+  client->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto stub = v1::Inference::NewStub(channels_->Get(*decode));
+  stub->async()->GetModelInfo(client.get(), request, response,
+                              [reactor, response, client](grpc::Status s) {
+                                if (s.ok()) response->set_role(v1::ROLE_ROUTER);
+                                reactor->Finish(s);
+                              });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* context,
+                                                  const v1::TokenizeRequest* request,
+                                                  v1::TokenizeResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  auto decode = decode_->Pick({});
+  if (!decode) {
+    reactor->Finish(grpc::Status(grpc::UNAVAILABLE, "no healthy decode worker"));
+    return reactor;
+  }
+  auto client = std::make_shared<grpc::ClientContext>();
+  client->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto stub = v1::Inference::NewStub(channels_->Get(*decode));
+  stub->async()->Tokenize(client.get(), request, response,
+                          [reactor, client](grpc::Status s) { reactor->Finish(s); });
+  return reactor;
+}
+
+}  // namespace baton
