@@ -317,13 +317,18 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       absl::MutexLock lock(&state_->mu);
       if (state_->imported || state_->final_ready) return;
       state_->final_ready = true;
-      state_->final_status = grpc::Status(
-          grpc::ABORTED,
-          absl::StrCat("prefill on ", state_->prefill_address, " failed: ", status.message()));
+      // A misconfigured pair (model or KV layout mismatch) is not retried:
+      // the error must reach whoever deploys it.
+      const grpc::StatusCode code =
+          absl::IsFailedPrecondition(status) ? grpc::FAILED_PRECONDITION : grpc::ABORTED;
+      state_->final_status = grpc::Status(code, absl::StrCat("prefill on ", state_->prefill_address,
+                                                             " failed: ", status.message()));
       state_->queue.clear();
     }
-    service_->metrics_->CountRequest("ABORTED");
+    const bool mismatch = absl::IsFailedPrecondition(status);
+    service_->metrics_->CountRequest(mismatch ? "FAILED_PRECONDITION" : "ABORTED");
     service_->metrics_->CountKvTransferFailure(absl::IsCancelled(status) ? "cancelled"
+                                               : mismatch                ? "mismatch"
                                                                          : "prefill_failed");
     StopUpstream();
     Pump();

@@ -57,7 +57,9 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
     r.sampling.max_tokens = 1;
     r.prefill_only = true;
     KvSender* sender = state_->sender.get();
-    r.kv_sink = [sender](int layer, int64_t begin, int64_t end, std::vector<float> rows) {
+    const int delay_ms = service_->layer_delay_ms_;
+    r.kv_sink = [sender, delay_ms](int layer, int64_t begin, int64_t end, std::vector<float> rows) {
+      if (delay_ms > 0) absl::SleepFor(absl::Milliseconds(delay_ms));
       sender->Send(layer, begin, end, std::move(rows));
     };
     auto id = service_->loop_->Submit(std::move(r),
@@ -154,8 +156,12 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
 };
 
 PrefillService::PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth,
-                               ServiceMetrics* metrics)
-    : loop_(loop), layout_(std::move(layout)), auth_(auth), metrics_(metrics) {}
+                               ServiceMetrics* metrics, int layer_delay_ms)
+    : loop_(loop),
+      layout_(std::move(layout)),
+      auth_(auth),
+      metrics_(metrics),
+      layer_delay_ms_(layer_delay_ms) {}
 
 grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* context,
                                                   const internal::v1::PrefillRequest* request,

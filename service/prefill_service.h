@@ -18,7 +18,9 @@ namespace baton {
 
 class PrefillService final : public internal::v1::PrefillWorker::CallbackService {
  public:
-  PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth, ServiceMetrics* metrics);
+  // `layer_delay_ms` > 0 slows every layer down (fault-injection tests only).
+  PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth, ServiceMetrics* metrics,
+                 int layer_delay_ms = 0);
 
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
                                     const internal::v1::PrefillRequest* request,
@@ -37,6 +39,7 @@ class PrefillService final : public internal::v1::PrefillWorker::CallbackService
   KvLayout layout_;
   const PeerAuth* auth_;
   ServiceMetrics* metrics_;
+  int layer_delay_ms_;
   std::atomic<bool> draining_{false};
   std::atomic<int> active_{0};
 };

@@ -40,6 +40,7 @@ struct ServeFlags {
   std::string secret, secret_file;
   int64_t data_port = 0;
   std::string advertise_host;
+  int64_t testing_layer_delay_ms = 0;
 };
 
 enum class ProcessRole { kServe, kPrefill, kDecode };
@@ -119,6 +120,10 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   if (role != ProcessRole::kServe) {
     flags.String("secret", &f.secret, "the deployment's shared secret for worker-to-worker calls");
     flags.String("secret-file", &f.secret_file, "read the shared secret from this file");
+  }
+  if (role == ProcessRole::kPrefill) {
+    flags.Int("testing-layer-delay-ms", &f.testing_layer_delay_ms,
+              "fault-injection tests only: sleep this long after each layer");
   }
   if (role == ProcessRole::kDecode) {
     flags.Int("data-port", &f.data_port, "KV data channel port (0: chosen by the OS)");
@@ -205,7 +210,8 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   DisaggregationContext disaggregation;
   ServiceMetrics* m = metrics->get();
   if (role == ProcessRole::kPrefill) {
-    prefill = std::make_unique<PrefillService>(&loop, layout, &auth, m);
+    prefill = std::make_unique<PrefillService>(&loop, layout, &auth, m,
+                                               static_cast<int>(f.testing_layer_delay_ms));
     services.push_back(prefill.get());
   }
   if (role == ProcessRole::kDecode) {

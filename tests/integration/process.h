@@ -99,12 +99,13 @@ class Process {
   std::string output_;
 };
 
-// A `baton serve` on 127.0.0.1 with OS-chosen ports.
-class BatonServer {
+// A `baton SUBCOMMAND` (serve, prefill, decode, router) on 127.0.0.1 with
+// OS-chosen ports.
+class BatonProcess {
  public:
-  explicit BatonServer(const std::string& model_dir, std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {BATON_BIN,   "serve",  "--model", model_dir,        "--host",
-                                     "127.0.0.1", "--port", "0",       "--metrics-port", "0"};
+  BatonProcess(const std::string& subcommand, std::vector<std::string> extra) {
+    std::vector<std::string> args = {BATON_BIN, subcommand, "--host",         "127.0.0.1",
+                                     "--port",  "0",        "--metrics-port", "0"};
     args.insert(args.end(), extra.begin(), extra.end());
     process_ = std::make_unique<Process>(args);
     const std::string line = process_->WaitForLine("(listening on .*)", std::chrono::seconds(60));
@@ -124,6 +125,18 @@ class BatonServer {
   std::unique_ptr<Process> process_;
   std::string address_;
   int metrics_port_ = 0;
+};
+
+// A `baton serve` of `model_dir`.
+class BatonServer : public BatonProcess {
+ public:
+  explicit BatonServer(const std::string& model_dir, std::vector<std::string> extra = {})
+      : BatonProcess("serve", WithModel(model_dir, std::move(extra))) {}
+  static std::vector<std::string> WithModel(const std::string& dir,
+                                            std::vector<std::string> extra) {
+    extra.insert(extra.begin(), {"--model", dir});
+    return extra;
+  }
 };
 
 // The text of http://127.0.0.1:PORT/PATH (a tiny HTTP/1.0 client).
