@@ -46,6 +46,30 @@ struct KvLayout {
 // A model identity from its config.json bytes and weight bytes.
 std::string ModelFingerprint(const std::string& model_dir, size_t weight_bytes);
 
+// Where received KV rows go: the decode worker's engine loop, or a sink that
+// discards them in benchmarks. Must be thread-safe.
+class KvImportSink {
+ public:
+  virtual ~KvImportSink() = default;
+  virtual absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
+                                const float* rows) = 0;
+  virtual void FinishImport(int64_t request_id) = 0;
+};
+
+// Imports into an engine loop's reserved blocks.
+class EngineLoopKvSink : public KvImportSink {
+ public:
+  explicit EngineLoopKvSink(EngineLoop* loop) : loop_(loop) {}
+  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
+                        const float* rows) override {
+    return loop_->ImportKv(request_id, layer, begin, end, rows);
+  }
+  void FinishImport(int64_t request_id) override { loop_->FinishImport(request_id); }
+
+ private:
+  EngineLoop* loop_;
+};
+
 // Called with transfer outcomes and sizes, for metrics.
 struct KvTransferObserver {
   std::function<void(uint64_t bytes, double seconds)> on_success;
@@ -58,7 +82,7 @@ class KvReceiver {
  public:
   static absl::StatusOr<std::unique_ptr<KvReceiver>> Start(const std::string& host, int port,
                                                            KvLayout layout, const PeerAuth* auth,
-                                                           EngineLoop* loop,
+                                                           KvImportSink* sink,
                                                            KvTransferObserver observer);
   ~KvReceiver();
 
@@ -89,7 +113,7 @@ class KvReceiver {
 
   KvLayout layout_;
   const PeerAuth* auth_ = nullptr;
-  EngineLoop* loop_ = nullptr;
+  KvImportSink* sink_ = nullptr;
   KvTransferObserver observer_;
   int listen_fd_ = -1;
   int port_ = 0;

@@ -206,6 +206,7 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   std::unique_ptr<PrefillService> prefill;
   std::unique_ptr<DecodeService> decode;
   std::unique_ptr<KvReceiver> receiver;
+  EngineLoopKvSink kv_sink(&loop);
   ChannelPool channels;
   DisaggregationContext disaggregation;
   ServiceMetrics* m = metrics->get();
@@ -221,7 +222,7 @@ int RunModelProcess(ProcessRole role, const Args& args) {
     };
     observer.on_failure = [m](const std::string& reason) { m->CountKvTransferFailure(reason); };
     auto r =
-        KvReceiver::Start(f.host, static_cast<int>(f.data_port), layout, &auth, &loop, observer);
+        KvReceiver::Start(f.host, static_cast<int>(f.data_port), layout, &auth, &kv_sink, observer);
     if (!r.ok()) return Fail(std::string(r.status().message()));
     receiver = std::move(*r);
     std::string advertise = f.advertise_host;
