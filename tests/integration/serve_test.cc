@@ -9,6 +9,7 @@
 #include "engine/safetensors.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/integration/process.h"
@@ -385,6 +386,79 @@ TEST_F(ServeTest, HealthModelInfoAndMetrics) {
   }
   EXPECT_EQ(findings, "") << "promtool exit status " << status;
   EXPECT_NE(status, -1) << "promtool did not run: run scripts/setup";
+}
+
+TEST(ServeQueueTest, FullQueueGivesResourceExhausted) {
+  BatonServer server(kTinyA, {"--max-running", "1", "--max-queued", "1"});
+  ASSERT_TRUE(server.ok());
+  auto stub = v1::Inference::NewStub(
+      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  v1::GenerateRequest slow = TokenRequest({0, 5, 6}, 250);
+  slow.mutable_sampling()->set_ignore_eos(true);
+  // One running, read slowly so that it stays running; one queued behind it.
+  StreamResult running, queued;
+  std::atomic<bool> started{false};
+  std::thread a([&] {
+    grpc::ClientContext context;
+    auto reader = stub->Generate(&context, slow);
+    v1::GenerateResponse chunk;
+    while (reader->Read(&chunk)) {
+      started.store(true);
+      for (const auto& t : chunk.tokens()) running.tokens.push_back(t);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    running.status = reader->Finish();
+  });
+  while (!started.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::thread b([&] { queued = Generate(*stub, slow); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  StreamResult refused = Generate(*stub, TokenRequest({0, 1}, 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::RESOURCE_EXHAUSTED)
+      << refused.status.error_message();
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("queue is full"));
+  a.join();
+  b.join();
+  EXPECT_TRUE(running.status.ok());
+  EXPECT_TRUE(queued.status.ok());
+  EXPECT_EQ(queued.tokens.size(), 250u);
+}
+
+// Server reflection lists the public service (grpc.reflection.v1alpha, the
+// version gRPC 1.51 serves), spoken here with hand-encoded protobuf bytes.
+TEST_F(ServeTest, ReflectionListsTheInferenceService) {
+  grpc::GenericStub generic(channel_);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto call = generic.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag;
+  bool ok;
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  const std::string list_services("\x3a\x00", 2);  // field 7 (list_services) = "".
+  grpc::Slice slice(list_services);
+  grpc::ByteBuffer request(&slice, 1);
+  call->Write(request, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(cq.Next(&tag, &ok) && ok);
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& s : slices)
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_THAT(bytes, HasSubstr("baton.v1.Inference"));
+  EXPECT_THAT(bytes, HasSubstr("grpc.health.v1.Health"));
+  call->WritesDone(reinterpret_cast<void*>(4));
+  cq.Next(&tag, &ok);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  cq.Next(&tag, &ok);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 // A client nobody here wrote: Python's grpcio from Debian, with stubs
