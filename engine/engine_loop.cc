@@ -106,7 +106,7 @@ void EngineLoop::Run() {
     }
     for (Submission& s : submissions) {
       const int64_t id = s.request.id;
-      prompt_lengths_[id] = static_cast<int64_t>(s.request.prompt.size());
+      const int64_t prompt_length = static_cast<int64_t>(s.request.prompt.size());
       if (absl::Status status = engine_->Add(std::move(s.request)); !status.ok()) {
         TokenEvent e;
         e.request_id = id;
@@ -116,6 +116,7 @@ void EngineLoop::Run() {
         continue;
       }
       callbacks_[id] = std::move(s.callback);
+      prompt_lengths_[id] = prompt_length;
     }
     for (int64_t id : imports_done) {
       CloseImport(id);

@@ -341,14 +341,8 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     const uint64_t transfer_id = (static_cast<uint64_t>(std::random_device{}()) << 32) ^
                                  std::random_device{}() ^ static_cast<uint64_t>(e.request_id);
     std::shared_ptr<State> state = state_;
-    {
-      absl::MutexLock lock(&state_->mu);
-      state_->transfer_id = transfer_id;
-      state_->prefill_context = std::make_unique<grpc::ClientContext>();
-      state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
-      state_->prefill_context->set_deadline(std::chrono::system_clock::now() +
-                                            std::chrono::minutes(10));
-    }
+    // Register the transfer before publishing it, so that a cancel racing
+    // with this always finds something to forget.
     d.receiver->Expect(transfer_id, e.request_id, static_cast<int64_t>(state_->prompt.size()) - 1,
                        [state](absl::Status s) {
                          if (s.ok()) {
@@ -357,6 +351,18 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
                            state->OnPrefillFailed(s);
                          }
                        });
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->transfer_id = transfer_id;
+      if (state_->final_ready) {
+        d.receiver->Forget(transfer_id);
+        return;
+      }
+      state_->prefill_context = std::make_unique<grpc::ClientContext>();
+      state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
+      state_->prefill_context->set_deadline(std::chrono::system_clock::now() +
+                                            std::chrono::minutes(10));
+    }
     internal::v1::PrefillRequest& r = state_->prefill_request;
     r.mutable_token_ids()->Add(state_->prompt.begin(), state_->prompt.end() - 1);
     r.mutable_target()->set_data_address(d.data_address);

@@ -153,13 +153,13 @@ KvReceiver::~KvReceiver() {
   shutdown(listen_fd_, SHUT_RDWR);
   close(listen_fd_);
   accept_thread_.join();
-  std::vector<std::thread> threads;
+  std::vector<Connection> connections;
   {
     absl::MutexLock lock(&mu_);
     for (int fd : open_fds_) shutdown(fd, SHUT_RDWR);
-    threads.swap(connections_);
+    connections.swap(connections_);
   }
-  for (std::thread& t : threads) t.join();
+  for (Connection& c : connections) c.thread.join();
 }
 
 void KvReceiver::AcceptLoop() {
@@ -170,9 +170,26 @@ void KvReceiver::AcceptLoop() {
       continue;
     }
     TuneSocket(fd);
-    absl::MutexLock lock(&mu_);
-    open_fds_.push_back(fd);
-    connections_.emplace_back([this, fd] { Serve(fd); });
+    std::vector<std::thread> finished;
+    {
+      absl::MutexLock lock(&mu_);
+      for (auto it = connections_.begin(); it != connections_.end();) {
+        if (it->finished->load()) {
+          finished.push_back(std::move(it->thread));
+          it = connections_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      open_fds_.push_back(fd);
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      connections_.push_back({std::thread([this, fd, done] {
+                                Serve(fd);
+                                done->store(true);
+                              }),
+                              done});
+    }
+    for (std::thread& t : finished) t.join();
   }
 }
 

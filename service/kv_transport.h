@@ -121,7 +121,13 @@ class KvReceiver {
   std::thread accept_thread_;
   absl::Mutex mu_;
   std::map<uint64_t, Expected> expected_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::thread> connections_ ABSL_GUARDED_BY(mu_);
+  struct Connection {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  // Finished connections are joined at the next accept, so a long-running
+  // worker holds threads only for live transfers.
+  std::vector<Connection> connections_ ABSL_GUARDED_BY(mu_);
   std::vector<int> open_fds_ ABSL_GUARDED_BY(mu_);
 };
 
