@@ -333,6 +333,52 @@ TEST(DisaggTest, CancellationsLeakNoBlocksOnEitherSide) {
   EXPECT_TRUE(Generate(d.router->address(), Request(prompt, 4)).status.ok());
 }
 
+// SIGTERM on the decode worker and on the router: running streams finish,
+// new ones are refused, the processes exit 0.
+class SigtermTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SigtermTest, DrainsRunningStreamsAndRefusesNewOnes) {
+  Deployment d(1, 1);
+  ASSERT_TRUE(d.ok());
+  BatonProcess* target = GetParam() == "router" ? d.router.get() : d.decode[0].get();
+  {
+    std::vector<StreamResult> results(4);
+    std::atomic<int> started{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i) {
+      threads.emplace_back([&, i] {
+        auto stub = v1::Inference::NewStub(
+            grpc::CreateChannel(d.router->address(), grpc::InsecureChannelCredentials()));
+        grpc::ClientContext context;
+        auto reader = stub->Generate(&context, Request({0, 5, 6, 7}, 150));
+        v1::GenerateResponse chunk;
+        bool first = true;
+        while (reader->Read(&chunk)) {
+          if (first) started.fetch_add(1);
+          first = false;
+          for (const auto& t : chunk.tokens()) results[i].ids.push_back(t.id());
+          std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        }
+        results[i].status = reader->Finish();
+      });
+    }
+    while (started.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    target->process().Signal(SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const StreamResult refused = Generate(d.router->address(), Request({0, 1, 2}, 4));
+    EXPECT_FALSE(refused.status.ok());
+    EXPECT_EQ(refused.status.error_code(), grpc::UNAVAILABLE) << refused.status.error_message();
+    for (auto& t : threads) t.join();
+    for (const StreamResult& r : results) {
+      EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+      EXPECT_EQ(r.ids.size(), 150u);
+    }
+    EXPECT_EQ(target->process().Wait(std::chrono::seconds(10)), 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Roles, SigtermTest, ::testing::Values("decode", "router"));
+
 TEST(DisaggTest, InternalApiRefusesPeersWithoutTheSecret) {
   Deployment d(1, 1);
   ASSERT_TRUE(d.ok());
