@@ -32,20 +32,8 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
 grpc::ServerUnaryReactor* DecodeService::GetLoad(grpc::CallbackServerContext* context,
                                                  const internal::v1::LoadRequest*,
                                                  internal::v1::LoadReport* report) {
-  auto* reactor = context->DefaultReactor();
-  if (!auth_->Allow(PresentedSecret(*context), "DecodeWorker.GetLoad", context->peer())) {
-    reactor->Finish(grpc::Status(grpc::UNAUTHENTICATED, "wrong or missing shared secret"));
-    return reactor;
-  }
-  const EngineStats s = loop_->stats();
-  report->set_queued_tokens(s.queued_prompt_tokens);
-  report->set_running_requests(s.running);
-  report->set_queued_requests(s.waiting);
-  report->set_kv_blocks_free(s.kv_blocks_total - s.kv_blocks_used);
-  report->set_kv_blocks_total(s.kv_blocks_total);
-  report->set_model_fingerprint(fingerprint_);
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return AnswerGetLoad(context, *auth_, "DecodeWorker.GetLoad", loop_->stats(), fingerprint_,
+                       report);
 }
 
 }  // namespace baton

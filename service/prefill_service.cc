@@ -169,23 +169,30 @@ grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* c
   return new PrefillCall(this, context, request, response);
 }
 
-grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* context,
-                                                  const internal::v1::LoadRequest*,
-                                                  internal::v1::LoadReport* report) {
+grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, const PeerAuth& auth,
+                                        const char* method, const EngineStats& s,
+                                        const std::string& fingerprint,
+                                        internal::v1::LoadReport* report) {
   auto* reactor = context->DefaultReactor();
-  if (!auth_->Allow(PresentedSecret(*context), "PrefillWorker.GetLoad", context->peer())) {
+  if (!auth.Allow(PresentedSecret(*context), method, context->peer())) {
     reactor->Finish(grpc::Status(grpc::UNAUTHENTICATED, "wrong or missing shared secret"));
     return reactor;
   }
-  const EngineStats s = loop_->stats();
   report->set_queued_tokens(s.queued_prompt_tokens);
   report->set_running_requests(s.running);
   report->set_queued_requests(s.waiting);
   report->set_kv_blocks_free(s.kv_blocks_total - s.kv_blocks_used);
   report->set_kv_blocks_total(s.kv_blocks_total);
-  report->set_model_fingerprint(layout_.fingerprint);
+  report->set_model_fingerprint(fingerprint);
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* context,
+                                                  const internal::v1::LoadRequest*,
+                                                  internal::v1::LoadReport* report) {
+  return AnswerGetLoad(context, *auth_, "PrefillWorker.GetLoad", loop_->stats(),
+                       layout_.fingerprint, report);
 }
 
 }  // namespace baton

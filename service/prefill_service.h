@@ -47,6 +47,12 @@ class PrefillService final : public internal::v1::PrefillWorker::CallbackService
 // The secret a server call presented in its metadata.
 std::string PresentedSecret(const grpc::CallbackServerContext& context);
 
+// Answers GetLoad for a worker (prefill or decode) after checking the secret.
+grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, const PeerAuth& auth,
+                                        const char* method, const EngineStats& stats,
+                                        const std::string& fingerprint,
+                                        internal::v1::LoadReport* report);
+
 }  // namespace baton
 
 #endif  // BATON_SERVICE_PREFILL_SERVICE_H_

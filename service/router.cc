@@ -334,41 +334,49 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
   return new Relay(this, context, request);
 }
 
-grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContext* context,
-                                                      const v1::GetModelInfoRequest* request,
-                                                      v1::ModelInfo* response) {
+// Answers a unary call with what a healthy decode worker answers: `call`
+// starts the upstream call, `done` may adjust the response.
+template <typename Request, typename Response, typename Call>
+grpc::ServerUnaryReactor* ForwardToDecode(grpc::CallbackServerContext* context, WorkerPool* decode,
+                                          ChannelPool* channels, const Request* request,
+                                          Response* response, Call call,
+                                          std::function<void(Response*)> done = nullptr) {
   auto* reactor = context->DefaultReactor();
-  auto decode = decode_->Pick({});
-  if (!decode) {
+  auto address = decode->Pick({});
+  if (!address) {
     reactor->Finish(grpc::Status(grpc::UNAVAILABLE, "no healthy decode worker"));
     return reactor;
   }
   auto client = std::make_shared<grpc::ClientContext>();
   client->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  auto stub = v1::Inference::NewStub(channels_->Get(*decode));
-  stub->async()->GetModelInfo(client.get(), request, response,
-                              [reactor, response, client](grpc::Status s) {
-                                if (s.ok()) response->set_role(v1::ROLE_ROUTER);
-                                reactor->Finish(s);
-                              });
+  auto stub = v1::Inference::NewStub(channels->Get(*address));
+  call(stub->async(), client.get(), request, response,
+       [reactor, response, client, done](grpc::Status s) {
+         if (s.ok() && done) done(response);
+         reactor->Finish(s);
+       });
   return reactor;
+}
+
+grpc::ServerUnaryReactor* RouterService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                      const v1::GetModelInfoRequest* request,
+                                                      v1::ModelInfo* response) {
+  return ForwardToDecode(
+      context, decode_, channels_, request, response,
+      [](auto* async, auto* client, auto* req, auto* resp, auto callback) {
+        async->GetModelInfo(client, req, resp, std::move(callback));
+      },
+      std::function<void(v1::ModelInfo*)>(
+          [](v1::ModelInfo* info) { info->set_role(v1::ROLE_ROUTER); }));
 }
 
 grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* context,
                                                   const v1::TokenizeRequest* request,
                                                   v1::TokenizeResponse* response) {
-  auto* reactor = context->DefaultReactor();
-  auto decode = decode_->Pick({});
-  if (!decode) {
-    reactor->Finish(grpc::Status(grpc::UNAVAILABLE, "no healthy decode worker"));
-    return reactor;
-  }
-  auto client = std::make_shared<grpc::ClientContext>();
-  client->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  auto stub = v1::Inference::NewStub(channels_->Get(*decode));
-  stub->async()->Tokenize(client.get(), request, response,
-                          [reactor, client](grpc::Status s) { reactor->Finish(s); });
-  return reactor;
+  return ForwardToDecode(context, decode_, channels_, request, response,
+                         [](auto* async, auto* client, auto* req, auto* resp, auto callback) {
+                           async->Tokenize(client, req, resp, std::move(callback));
+                         });
 }
 
 }  // namespace baton
