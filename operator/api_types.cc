@@ -196,6 +196,11 @@ absl::StatusOr<BatonServiceSpec> ParseBatonServiceSpec(const Json& spec) {
             "imagePullPolicy must be Always, IfNotPresent or Never");
   BATON_RETURN_IF_ERROR(top.status());
 
+  Reader secret = top.Child("sharedSecret");
+  secret.String("secretName", &s.shared_secret.secret_name);
+  secret.String("key", &s.shared_secret.key);
+  BATON_RETURN_IF_ERROR(secret.status());
+
   Reader model = top.Child("model");
   Reader pvc = model.Child("persistentVolumeClaim");
   pvc.String("claimName", &s.model.claim_name);

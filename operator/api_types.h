@@ -62,8 +62,16 @@ struct AutoscalingSpec {
   AutoscalingPolicy policy;  // GPU counts are filled from the role specs.
 };
 
+// The Secret holding the deployment's shared secret for worker-to-worker
+// calls and the KV data channel (empty: workers accept any peer).
+struct SharedSecretSpec {
+  std::string secret_name;
+  std::string key = "secret";
+};
+
 struct BatonServiceSpec {
   std::string image;
+  SharedSecretSpec shared_secret;
   std::string image_pull_policy = "IfNotPresent";
   Json image_pull_secrets = Json::array();
   ModelSpec model;

@@ -6,6 +6,7 @@ namespace baton::op {
 namespace {
 
 constexpr int kNonRootUid = 65532;  // "nonroot" in distroless and our images.
+constexpr const char* kSecretDir = "/etc/baton/secret";
 
 Json Metadata(const Json& owner, Role role) {
   const std::string service = GetString(owner, {"metadata", "name"});
@@ -31,6 +32,9 @@ Json Container(const Json& owner, const BatonServiceSpec& spec, Role role,
   } else {
     args.push_back("--model=/model");
   }
+  if (!spec.shared_secret.secret_name.empty()) {
+    args.push_back(absl::StrCat("--secret-file=", kSecretDir, "/secret"));
+  }
   for (const std::string& a : rs.args) args.push_back(a);
 
   Json env = Json::array(
@@ -42,6 +46,9 @@ Json Container(const Json& owner, const BatonServiceSpec& spec, Role role,
   for (const Json& e : rs.env) env.push_back(e);
 
   Json mounts = Json::array({{{"name", "tmp"}, {"mountPath", "/tmp"}}});
+  if (!spec.shared_secret.secret_name.empty()) {
+    mounts.push_back({{"name", "shared-secret"}, {"mountPath", kSecretDir}, {"readOnly", true}});
+  }
   if (role != Role::kRouter) {
     mounts.push_back({{"name", "dshm"}, {"mountPath", "/dev/shm"}});
     Json model = {{"name", "model"}, {"mountPath", "/model"}, {"readOnly", true}};
@@ -94,6 +101,13 @@ Json PodTemplate(const Json& owner, const BatonServiceSpec& spec, Role role,
   const RoleSpec& rs = spec.role(role);
   const std::string service = GetString(owner, {"metadata", "name"});
   Json volumes = Json::array({{{"name", "tmp"}, {"emptyDir", Json::object()}}});
+  if (!spec.shared_secret.secret_name.empty()) {
+    volumes.push_back(
+        {{"name", "shared-secret"},
+         {"secret",
+          {{"secretName", spec.shared_secret.secret_name},
+           {"items", Json::array({{{"key", spec.shared_secret.key}, {"path", "secret"}}})}}}});
+  }
   if (role != Role::kRouter) {
     volumes.push_back({{"name", "dshm"}, {"emptyDir", {{"medium", "Memory"}}}});
     if (!spec.model.claim_name.empty()) {

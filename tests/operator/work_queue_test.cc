@@ -170,5 +170,29 @@ TEST(ChildrenTest, NamesLabelsAndAStableHash) {
       Contains("--decode=svc-decode.ns.svc.cluster.local:50051"));
 }
 
+TEST(ChildrenTest, SharedSecretIsMountedForEveryRole) {
+  const Json owner = {{"metadata", {{"name", "svc"}, {"namespace", "ns"}, {"uid", "u1"}}}};
+  Json spec_json = Json::parse(R"({"image": "i", "model": {"hostPath": {"path": "/m"}},
+                                   "sharedSecret": {"secretName": "baton-peers", "key": "token"}})");
+  absl::StatusOr<BatonServiceSpec> spec = ParseBatonServiceSpec(spec_json);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  for (Role role : {Role::kRouter, Role::kPrefill, Role::kDecode}) {
+    const Json d = BuildDeployment(owner, *spec, role, 1, {});
+    const Json& pod = d["spec"]["template"]["spec"];
+    EXPECT_THAT(pod["volumes"].dump(), ::testing::HasSubstr("\"secretName\":\"baton-peers\""));
+    EXPECT_THAT(pod["volumes"].dump(), ::testing::HasSubstr("\"key\":\"token\""));
+    EXPECT_THAT(pod["containers"][0]["args"].get<std::vector<std::string>>(),
+                Contains("--secret-file=/etc/baton/secret/secret"));
+    EXPECT_THAT(pod["containers"][0]["env"].dump(), ::testing::HasSubstr("status.podIP"));
+  }
+  // Without it, no flag and no volume.
+  const Json plain =
+      BuildDeployment(owner,
+                      *ParseBatonServiceSpec(
+                          Json::parse(R"({"image": "i", "model": {"hostPath": {"path": "/m"}}})")),
+                      Role::kDecode, 1, {});
+  EXPECT_THAT(plain.dump(), ::testing::Not(::testing::HasSubstr("secret-file")));
+}
+
 }  // namespace
 }  // namespace baton::op
