@@ -1,14 +1,16 @@
 // `baton perplexity`: bits per byte of a text under a model, computed with
 // the engine's own forward pass.
 //
-// Protocol (the training script's evaluation uses the same): the text is
-// encoded as one stream with the tokenizer's BOS first; windows of at most
-// the context length overlap by one token, so every token after BOS is
-// predicted exactly once from the tokens before it in its window. Bits per
-// byte = total negative log-likelihood in nats / ln 2 / UTF-8 bytes.
+// Protocol (scripts/train_tiny_model.py evaluates the same way): the text is
+// encoded as one stream without BOS and cut into chunks of window - 1 ids;
+// each chunk runs from position 0 as [BOS] + chunk[:-1] and every id of the
+// chunk is predicted. Bits per byte = total negative log-likelihood in nats
+// / ln 2 / UTF-8 bytes of the text. (Without a BOS token, each chunk's first
+// id is context only.)
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "absl/strings/str_format.h"
@@ -25,9 +27,8 @@ int RunPerplexity(const Args& args) {
   int64_t window = 0, threads = 0;
   bool json = false;
   FlagSet flags("baton perplexity --text FILE [flags]",
-                "Prints the model's bits per byte on a UTF-8 text file, evaluated in windows of\n"
-                "the context length that overlap by one token (every token after BOS predicted\n"
-                "once).");
+                "Prints the model's bits per byte on a UTF-8 text file: chunks of context-1\n"
+                "tokens, each run after BOS from position 0, every token predicted once.");
   flags.String("model", &model_dir, "model directory");
   flags.String("text", &text_path, "the text file");
   flags.Int("window", &window, "tokens per window (0: the model's context length)");
@@ -53,9 +54,9 @@ int RunPerplexity(const Args& args) {
   if (!model.ok()) return fail(std::string(model.status().message()));
   auto tokenizer = Tokenizer::Load(model_dir);
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
-  const bool add_bos = (*tokenizer)->bos_id().has_value();
-  auto ids = (*tokenizer)->Encode(text, add_bos);
+  auto ids = (*tokenizer)->Encode(text, /*add_bos=*/false);
   if (!ids.ok()) return fail(std::string(ids.status().message()));
+  const std::optional<uint32_t> bos = (*tokenizer)->bos_id();
   const ModelConfig& c = (*model)->config();
   if (window <= 0) window = c.max_position_embeddings;
   window = std::min<int64_t>(window, c.max_position_embeddings);
@@ -63,26 +64,34 @@ int RunPerplexity(const Args& args) {
 
   ThreadPool pool(static_cast<int>(threads));
   KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16, (window + 15) / 16);
-  std::vector<int32_t> tokens(ids->begin(), ids->end());
-  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t n = static_cast<int64_t>(ids->size());
+  const int64_t step = window - 1;
   double nll = 0;
   int64_t predicted = 0;
   std::vector<float> logits;
-  for (int64_t start = 0; start + 1 < n; start += window - 1) {
-    const int64_t len = std::min(window, n - start);
+  for (int64_t start = 0; start < n; start += step) {
+    const int64_t len = std::min(step, n - start);
+    // Inputs and the ids they predict: [BOS] + chunk[:-1] -> chunk.
+    std::vector<int32_t> input, target;
+    if (bos.has_value()) input.push_back(static_cast<int32_t>(*bos));
+    for (int64_t i = 0; i < len; ++i) input.push_back(static_cast<int32_t>((*ids)[start + i]));
+    target.assign(input.begin() + 1, input.end());
+    input.pop_back();
+    if (input.empty()) continue;
     KvBlocks blocks(&cache);
-    blocks.Reserve(len);
-    ForwardChunk chunk{&tokens[start], len, 0, &blocks.table(), LogitsMode::kAll};
+    blocks.Reserve(static_cast<int64_t>(input.size()));
+    ForwardChunk chunk{input.data(), static_cast<int64_t>(input.size()), 0, &blocks.table(),
+                       LogitsMode::kAll};
     if (absl::Status s = (*model)->Forward({chunk}, cache, pool, &logits); !s.ok()) {
       return fail(std::string(s.message()));
     }
-    for (int64_t i = 0; i + 1 < len; ++i) {
+    for (size_t i = 0; i < target.size(); ++i) {
       const float* row = &logits[i * c.vocab_size];
       double max = row[0];
       for (int v = 1; v < c.vocab_size; ++v) max = std::max<double>(max, row[v]);
       double z = 0;
       for (int v = 0; v < c.vocab_size; ++v) z += std::exp(row[v] - max);
-      nll -= row[tokens[start + i + 1]] - max - std::log(z);
+      nll -= row[target[i]] - max - std::log(z);
       ++predicted;
     }
   }
