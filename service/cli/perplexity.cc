@@ -1,12 +1,7 @@
-// `baton perplexity`: bits per byte of a text under a model, computed with
-// the engine's own forward pass.
-//
-// Protocol (scripts/train_tiny_model.py evaluates the same way): the text is
-// encoded as one stream without BOS and cut into chunks of window - 1 ids;
-// each chunk runs from position 0 as [BOS] + chunk[:-1] and every id of the
-// chunk is predicted. Bits per byte = total negative log-likelihood in nats
-// / ln 2 / UTF-8 bytes of the text. (Without a BOS token, each chunk's first
-// id is context only.)
+// `baton perplexity`: bits per byte of a text under a model (engine/perplexity.h
+// has the protocol).
+#include "engine/perplexity.h"
+
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -54,48 +49,13 @@ int RunPerplexity(const Args& args) {
   if (!model.ok()) return fail(std::string(model.status().message()));
   auto tokenizer = Tokenizer::Load(model_dir);
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
-  auto ids = (*tokenizer)->Encode(text, /*add_bos=*/false);
-  if (!ids.ok()) return fail(std::string(ids.status().message()));
-  const std::optional<uint32_t> bos = (*tokenizer)->bos_id();
-  const ModelConfig& c = (*model)->config();
-  if (window <= 0) window = c.max_position_embeddings;
-  window = std::min<int64_t>(window, c.max_position_embeddings);
-  if (window < 2) return fail("--window must be at least 2");
-
   ThreadPool pool(static_cast<int>(threads));
-  KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16, (window + 15) / 16);
-  const int64_t n = static_cast<int64_t>(ids->size());
-  const int64_t step = window - 1;
-  double nll = 0;
-  int64_t predicted = 0;
-  std::vector<float> logits;
-  for (int64_t start = 0; start < n; start += step) {
-    const int64_t len = std::min(step, n - start);
-    // Inputs and the ids they predict: [BOS] + chunk[:-1] -> chunk.
-    std::vector<int32_t> input, target;
-    if (bos.has_value()) input.push_back(static_cast<int32_t>(*bos));
-    for (int64_t i = 0; i < len; ++i) input.push_back(static_cast<int32_t>((*ids)[start + i]));
-    target.assign(input.begin() + 1, input.end());
-    input.pop_back();
-    if (input.empty()) continue;
-    KvBlocks blocks(&cache);
-    blocks.Reserve(static_cast<int64_t>(input.size()));
-    ForwardChunk chunk{input.data(), static_cast<int64_t>(input.size()), 0, &blocks.table(),
-                       LogitsMode::kAll};
-    if (absl::Status s = (*model)->Forward({chunk}, cache, pool, &logits); !s.ok()) {
-      return fail(std::string(s.message()));
-    }
-    for (size_t i = 0; i < target.size(); ++i) {
-      const float* row = &logits[i * c.vocab_size];
-      double max = row[0];
-      for (int v = 1; v < c.vocab_size; ++v) max = std::max<double>(max, row[v]);
-      double z = 0;
-      for (int v = 0; v < c.vocab_size; ++v) z += std::exp(row[v] - max);
-      nll -= row[target[i]] - max - std::log(z);
-      ++predicted;
-    }
-  }
-  const double bits_per_byte = text.empty() ? 0.0 : nll / std::log(2.0) / text.size();
+  auto result = MeasurePerplexity(**model, **tokenizer, text, window, pool);
+  if (!result.ok()) return fail(std::string(result.status().message()));
+  const double bits_per_byte = result->bits_per_byte();
+  const int64_t predicted = result->tokens;
+  const double nll = result->nll_nats;
+  window = result->window;
   if (json) {
     nlohmann::json out = {{"bits_per_byte", bits_per_byte},
                           {"tokens", predicted},
