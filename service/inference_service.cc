@@ -300,12 +300,15 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
   void StopUpstream() {
     int64_t id;
     uint64_t transfer;
+    grpc::ClientContext* prefill;  // Lives as long as the state.
     {
       absl::MutexLock lock(&state_->mu);
       id = state_->engine_id;
       transfer = state_->transfer_id;
-      if (state_->prefill_context != nullptr) state_->prefill_context->TryCancel();
+      prefill = state_->prefill_context.get();
     }
+    // Outside the lock: a cancelled call may report on this thread.
+    if (prefill != nullptr) prefill->TryCancel();
     if (id != 0) service_->loop_->Cancel(id);
     if (transfer != 0) service_->disaggregation_->receiver->Forget(transfer);
   }

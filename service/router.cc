@@ -238,6 +238,7 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     Upstream* raw = up.get();
     {
       absl::MutexLock lock(&mu_);
+      if (upstream_ != nullptr) finished_upstreams_.push_back(std::move(upstream_));
       upstream_ = std::move(up);
     }
     auto stub = internal::v1::DecodeWorker::NewStub(service_->channels_->Get(*decode));
@@ -258,8 +259,15 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
   }
 
   void CancelUpstream() {
-    absl::MutexLock lock(&mu_);
-    if (upstream_ != nullptr && !upstream_->finished) upstream_->context.TryCancel();
+    Upstream* up;
+    {
+      absl::MutexLock lock(&mu_);
+      up = upstream_.get();
+      if (up == nullptr || up->finished) return;
+    }
+    // Outside the lock: the cancelled call may report on this thread. The
+    // upstream outlives this call (finished attempts are kept until the end).
+    up->context.TryCancel();
   }
 
   void UpstreamDone(Upstream* up, const grpc::Status& status) {
@@ -312,6 +320,7 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
   v1::GenerateRequest request_;
   absl::Mutex mu_;
   std::unique_ptr<Upstream> upstream_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Upstream>> finished_upstreams_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool sent_any_ ABSL_GUARDED_BY(mu_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
