@@ -3,6 +3,8 @@
 #include <netdb.h>
 #include <sys/socket.h>
 
+#include <optional>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -154,11 +156,20 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
 
   void OnWriteDone(bool ok) override {
     Upstream* up;
+    std::optional<grpc::Status> finish;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
       up = upstream_.get();
       if (!ok) client_gone_ = true;
+      // The upstream call may end while the last chunk is being written: its
+      // status waits for the write, and the finished call is never read again.
+      finish.swap(pending_finish_);
+      if (ok && !finish && up->finished) return;
+    }
+    if (finish) {
+      FinishPublic(*finish);
+      return;
     }
     if (!ok) {
       CancelUpstream();
@@ -306,6 +317,13 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
         out = grpc::Status(grpc::UNAVAILABLE, absl::StrCat("decode worker ", up->decode_address,
                                                            ": ", status.error_message()));
       }
+      {
+        absl::MutexLock lock(&mu_);
+        if (writing_) {
+          pending_finish_ = out;  // OnWriteDone finishes after the write.
+          return;
+        }
+      }
       FinishPublic(out);
     }
   }
@@ -325,6 +343,7 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
   bool sent_any_ ABSL_GUARDED_BY(mu_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
   bool public_done_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
   int attempts_ = 0;
   std::set<std::string> failed_prefill_, failed_decode_;
   v1::GenerateResponse out_;
