@@ -1,0 +1,146 @@
+// The KV data channel in one process: a real TCP connection on 127.0.0.1
+// between a KvSender and a KvReceiver with a recording sink.
+#include "service/kv_transport.h"
+
+#include <future>
+
+#include "absl/synchronization/mutex.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace baton {
+namespace {
+
+using ::testing::HasSubstr;
+
+class RecordingSink : public KvImportSink {
+ public:
+  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
+                        const float* rows) override {
+    absl::MutexLock lock(&mu_);
+    if (request_id != 7) return absl::NotFoundError("unknown request");
+    for (int64_t pos = begin; pos < end; ++pos) {
+      for (int d = 0; d < kWidth; ++d)
+        rows_[std::make_pair(layer, pos)].push_back(rows[(pos - begin) * kWidth + d]);
+    }
+    return absl::OkStatus();
+  }
+  void FinishImport(int64_t request_id) override {
+    absl::MutexLock lock(&mu_);
+    finished_.push_back(request_id);
+  }
+  static constexpr int kWidth = 3;
+  absl::Mutex mu_;
+  std::map<std::pair<int, int64_t>, std::vector<float>> rows_;
+  std::vector<int64_t> finished_;
+};
+
+const KvLayout kLayout{"model-a", 2, RecordingSink::kWidth, 16, "f32"};
+
+std::vector<float> Rows(int layer, int64_t begin, int64_t end) {
+  std::vector<float> rows;
+  for (int64_t pos = begin; pos < end; ++pos) {
+    for (int d = 0; d < RecordingSink::kWidth; ++d) rows.push_back(layer * 1000 + pos * 10 + d);
+  }
+  return rows;
+}
+
+struct Channel {
+  Channel() : auth("s3cret") {
+    auto r = KvReceiver::Start("127.0.0.1", 0, kLayout, &auth, &sink, {});
+    EXPECT_TRUE(r.ok()) << r.status();
+    receiver = std::move(*r);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(receiver->port()); }
+  PeerAuth auth;
+  RecordingSink sink;
+  std::unique_ptr<KvReceiver> receiver;
+};
+
+TEST(KvTransportTest, LayersInChunksArriveWhereTheyBelong) {
+  Channel c;
+  std::promise<absl::Status> received, sent;
+  c.receiver->Expect(99, 7, 10, [&](absl::Status s) { received.set_value(s); });
+  {
+    KvSender sender(c.address(), 99, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); });
+    for (auto [begin, end] : std::vector<std::pair<int, int>>{{0, 4}, {4, 10}}) {
+      for (int layer = 0; layer < 2; ++layer)
+        sender.Send(layer, begin, end, Rows(layer, begin, end));
+    }
+    sender.Finish(10, [&](absl::Status s) { sent.set_value(s); });
+    EXPECT_TRUE(sent.get_future().get().ok());
+    EXPECT_TRUE(received.get_future().get().ok());
+  }
+  absl::MutexLock lock(&c.sink.mu_);
+  EXPECT_EQ(c.sink.finished_, std::vector<int64_t>{7});
+  EXPECT_EQ(c.sink.rows_.size(), 20u);
+  EXPECT_EQ(c.sink.rows_[std::make_pair(1, int64_t{7})], (std::vector<float>{1070, 1071, 1072}));
+}
+
+TEST(KvTransportTest, WrongSecretAndMismatchedLayoutAreRefused) {
+  Channel c;
+  c.receiver->Expect(1, 7, 4, [](absl::Status) {});
+  for (auto [secret, layout, want] : std::vector<std::tuple<std::string, KvLayout, std::string>>{
+           {"wrong", kLayout, "shared secret"},
+           {"s3cret", KvLayout{"model-b", 2, 3, 16, "f32"}, "model mismatch"},
+           {"s3cret", KvLayout{"model-a", 2, 3, 32, "f32"}, "KV layout mismatch"},
+           {"s3cret", KvLayout{"model-a", 2, 3, 16, "bf16"}, "KV layout mismatch"}}) {
+    std::promise<absl::Status> failed;
+    KvSender sender(c.address(), 1, layout, secret, [&](absl::Status s) { failed.set_value(s); });
+    const absl::Status s = failed.get_future().get();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(want));
+  }
+  EXPECT_GE(c.auth.refused(), 1);
+}
+
+TEST(KvTransportTest, UnknownTransferIsRefused) {
+  Channel c;
+  std::promise<absl::Status> failed;
+  KvSender sender(c.address(), 12345, kLayout, "s3cret",
+                  [&](absl::Status s) { failed.set_value(s); });
+  EXPECT_THAT(std::string(failed.get_future().get().message()), HasSubstr("unknown"));
+}
+
+TEST(KvTransportTest, ASenderThatDiesFailsTheTransferAtOnce) {
+  Channel c;
+  std::promise<absl::Status> received;
+  c.receiver->Expect(5, 7, 10, [&](absl::Status s) { received.set_value(s); });
+  {
+    KvSender sender(c.address(), 5, kLayout, "s3cret", [](absl::Status) {});
+    sender.Send(0, 0, 10, Rows(0, 0, 10));
+    for (int i = 0; i < 400; ++i) {  // Until the first layer has landed.
+      {
+        absl::MutexLock lock(&c.sink.mu_);
+        if (!c.sink.rows_.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    // Destroyed before Finish: the connection closes mid-transfer.
+  }
+  const absl::Status s = received.get_future().get();
+  EXPECT_FALSE(s.ok());
+  absl::MutexLock lock(&c.sink.mu_);
+  EXPECT_TRUE(c.sink.finished_.empty());
+}
+
+TEST(KvTransportTest, ForgottenTransferStopsTheSender) {
+  Channel c;
+  c.receiver->Expect(6, 7, 1 << 20, [](absl::Status) {});
+  std::promise<absl::Status> failed;
+  KvSender sender(c.address(), 6, kLayout, "s3cret", [&](absl::Status s) { failed.set_value(s); });
+  sender.Send(0, 0, 4, Rows(0, 0, 4));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  c.receiver->Forget(6);  // The request was cancelled on the decode side.
+  // Keep sending until the closed connection is noticed.
+  auto future = failed.get_future();
+  for (int i = 0;
+       i < 1000 && future.wait_for(std::chrono::milliseconds(5)) != std::future_status::ready;
+       ++i) {
+    sender.Send(0, 4, 5, Rows(0, 4, 5));
+  }
+  EXPECT_EQ(future.get().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace baton
