@@ -60,7 +60,8 @@ TEST(DefaultModelTest, EngineBitsPerByteMatchTheTrainingScript) {
   ThreadPool pool(2);
   auto result = MeasurePerplexity(**model, **tokenizer, ReadFile(kSlice), 0, pool);
   ASSERT_TRUE(result.ok()) << result.status();
-  EXPECT_NEAR(result->bits_per_byte(), kTrainingScriptBitsPerByte, 0.01 * kTrainingScriptBitsPerByte);
+  EXPECT_NEAR(result->bits_per_byte(), kTrainingScriptBitsPerByte,
+              0.01 * kTrainingScriptBitsPerByte);
   EXPECT_LT(result->bits_per_byte(), 3.0) << "a trained model, not a random one";
 }
 
