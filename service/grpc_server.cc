@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -47,6 +48,13 @@ void GrpcServer::Shutdown(absl::Duration grace) {
   server_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(grace));
   server_->Wait();
   server_.reset();
+}
+
+void GrpcServer::Drain(const std::function<bool()>& busy, absl::Duration timeout) {
+  SetServing(false);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (busy() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+  Shutdown(absl::Seconds(1));
 }
 
 void BlockTerminationSignals() {

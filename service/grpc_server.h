@@ -4,6 +4,7 @@
 #ifndef BATON_SERVICE_GRPC_SERVER_H_
 #define BATON_SERVICE_GRPC_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ class GrpcServer {
   void SetServing(bool serving);
   // Stops accepting calls and cancels those still running after `grace`.
   void Shutdown(absl::Duration grace);
+  // The SIGTERM drain: health turns NOT_SERVING, then waits until `busy`
+  // returns false (running calls finished) or `timeout` passes, then shuts
+  // down. Callers refuse new work (StartDraining) before calling this.
+  void Drain(const std::function<bool()>& busy, absl::Duration timeout);
 
  private:
   std::unique_ptr<grpc::Server> server_;

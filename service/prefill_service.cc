@@ -42,7 +42,6 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       Done(grpc::Status(grpc::INVALID_ARGUMENT, "token_ids: empty"));
       return;
     }
-    tokens_ = request->token_ids_size();
     start_ = absl::Now();
     std::shared_ptr<State> state = state_;
     // The sender belongs to the state: its callback must not own the state.
@@ -151,7 +150,6 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
   PrefillService* service_;
   internal::v1::PrefillResponse* response_;
   std::shared_ptr<State> state_;
-  int64_t tokens_ = 0;
   absl::Time start_;
 };
 

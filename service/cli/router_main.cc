@@ -91,13 +91,8 @@ int RunRouter(const Args& args) {
 
   const int signal = WaitForTerminationSignal();
   std::fprintf(stderr, "baton router: signal %d: draining\n", signal);
-  (*server)->SetServing(false);
   service.StartDraining();
-  const absl::Time deadline = absl::Now() + absl::Seconds(drain_timeout_s);
-  while (service.active_streams() > 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  (*server)->Shutdown(absl::Seconds(1));
+  (*server)->Drain([&] { return service.active_streams() > 0; }, absl::Seconds(drain_timeout_s));
   stop.store(true);
   prober.join();
   return 0;

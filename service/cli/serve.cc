@@ -257,15 +257,11 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   const int signal = WaitForTerminationSignal();
   std::fprintf(stderr, "baton %s: signal %d: draining (up to %.0f s)\n", name.c_str(), signal,
                f.drain_timeout_s);
-  (*server)->SetServing(false);
   service.StartDraining();
   if (prefill) prefill->StartDraining();
-  const absl::Time deadline = absl::Now() + absl::Seconds(f.drain_timeout_s);
-  while ((service.active_streams() > 0 || (prefill && prefill->active() > 0)) &&
-         absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  (*server)->Shutdown(absl::Seconds(1));
+  (*server)->Drain(
+      [&] { return service.active_streams() > 0 || (prefill && prefill->active() > 0); },
+      absl::Seconds(f.drain_timeout_s));
   std::fprintf(stderr, "baton %s: drained, exiting\n", name.c_str());
   return 0;
 }
