@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -106,18 +107,29 @@ PrefillResult Prefill(DeepseekModel& model, ThreadPool& pool, int length, int re
 int Main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fprintf(stderr,
-                 "usage: baton-engine-bench MODEL_DIR [--quick] [--json FILE]\n"
+                 "usage: baton-engine-bench MODEL_DIR [--quick] [--json FILE] [--batch N]\n"
+                 "                          [--context N] [--steps N] [--no-prefill]\n"
                  "Decode tokens/s at batch 1, 8, 32 and contexts 16 and 2048, prefill tokens/s,\n"
-                 "each against a roofline measured in the same run.\n");
+                 "each against a roofline measured in the same run. --batch and --context\n"
+                 "restrict decode to one point (for profiling); --steps sets decode steps.\n");
     return 2;
   }
   const std::string dir = argv[1];
-  bool quick = false;
+  bool quick = false, prefill = true;
   std::string json_path;
+  std::vector<int> batches = {1, 8, 32}, contexts = {16, 2048};
+  int steps = 0;
   for (int i = 2; i < argc; ++i) {
-    if (std::string(argv[i]) == "--quick") quick = true;
-    if (std::string(argv[i]) == "--json" && i + 1 < argc) json_path = argv[++i];
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--quick") quick = true;
+    if (arg == "--no-prefill") prefill = false;
+    if (arg == "--json" && has_value) json_path = argv[++i];
+    if (arg == "--batch" && has_value) batches = {std::atoi(argv[++i])};
+    if (arg == "--context" && has_value) contexts = {std::atoi(argv[++i])};
+    if (arg == "--steps" && has_value) steps = std::max(2, std::atoi(argv[++i]));
   }
+  if (steps == 0) steps = quick ? 6 : 12;
   ThreadPool pool(0);
   auto model = DeepseekModel::Load(dir, {});
   if (!model.ok()) {
@@ -142,10 +154,9 @@ int Main(int argc, char** argv) {
                               bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9, pool.num_threads(),
                               kernels::IsaName())
                   .c_str());
-  const int steps = quick ? 6 : 12;
-  for (int context : {16, 2048}) {
+  for (int context : contexts) {
     if (context + steps + 1 > c.max_position_embeddings) continue;
-    for (int batch : {1, 8, 32}) {
+    for (int batch : batches) {
       DecodeResult d = Decode(**model, pool, batch, context, steps);
       if (d.step_s == 0) continue;
       const double fraction = d.bytes / bandwidth / d.step_s;
@@ -163,6 +174,7 @@ int Main(int argc, char** argv) {
     }
   }
   for (int length : {128, 512, 2048}) {
+    if (!prefill) break;
     if (length > c.max_position_embeddings || (quick && length > 512)) continue;
     PrefillResult p = Prefill(**model, pool, length, quick ? 1 : 2);
     if (p.seconds == 0) continue;

@@ -67,6 +67,30 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(ModelC
   if (static_cast<int>(weights.layers.size()) != config.num_hidden_layers) {
     return absl::InvalidArgumentError("weights do not match the config's layer count");
   }
+  // The kernels read weights fastest in panels. The per-head slices of the
+  // MLA up-projections are read from row h * dim, which must start a panel.
+  auto pack = [](Matrix& m) {
+    if (!m.empty() && !m.panels) m = m.ToPanels();
+  };
+  for (LayerWeights& layer : weights.layers) {
+    AttentionWeights& a = layer.attn;
+    for (Matrix* m : {&a.q_a, &a.q_b, &a.kv_a, &a.o}) pack(*m);
+    if (config.kv_lora_rank % kPanelRows == 0) pack(a.k_up_t);
+    if (config.v_head_dim % kPanelRows == 0) pack(a.v_up);
+    auto pack_mlp = [&](MlpWeights& mlp) {
+      pack(mlp.gate_up);
+      pack(mlp.down);
+    };
+    if (layer.is_moe) {
+      pack(layer.moe.router);
+      pack_mlp(layer.moe.shared);
+      for (MlpWeights& e : layer.moe.experts) pack_mlp(e);
+    } else {
+      pack_mlp(layer.dense);
+    }
+  }
+  // A tied head is the embedding; At() reads either layout.
+  pack(weights.lm_head.empty() ? weights.embed : weights.lm_head);
   return std::unique_ptr<DeepseekModel>(new DeepseekModel(std::move(config), std::move(weights)));
 }
 

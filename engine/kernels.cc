@@ -75,18 +75,9 @@ void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t
     avx2::MatMulRows(x, ldx, m, w, row_begin, row_end, y, ldy);
     return;
   }
-  const int64_t k = w.cols;
-  if (w.dtype == DType::kF32) {
-    const float* data = w.f32();
-    MatMulRowsGeneric(
-        x, ldx, m, k, [&](int64_t j, int64_t c) { return data[j * k + c]; }, row_begin, row_end, y,
-        ldy);
-  } else {
-    const uint16_t* data = w.bf16();
-    MatMulRowsGeneric(
-        x, ldx, m, k, [&](int64_t j, int64_t c) { return Bf16ToFloat(data[j * k + c]); }, row_begin,
-        row_end, y, ldy);
-  }
+  MatMulRowsGeneric(
+      x, ldx, m, w.cols, [&](int64_t j, int64_t c) { return w.At(j, c); }, row_begin, row_end, y,
+      ldy);
 }
 
 void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
@@ -98,8 +89,10 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
     const int64_t rows = std::min(kPanel, m - i0);
     // Chunks of at least ~32K multiply-adds: smaller ones cost more to hand
     // out than to compute.
-    const int64_t grain =
+    // Whole panels, so that every chunk starts on a panel boundary.
+    int64_t grain =
         std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, rows * w.cols));
+    grain = (grain + kPanelRows - 1) / kPanelRows * kPanelRows;
     pool.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
       MatMulRows(x + i0 * ldx, ldx, rows, w, begin, end, y + i0 * ldy + begin, ldy);
     });

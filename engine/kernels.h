@@ -21,7 +21,8 @@ const char* IsaName();
 void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
             ThreadPool& pool);
 // The same on rows [row_begin, row_end) of w only, single-threaded; y column
-// 0 is weight row row_begin.
+// 0 is weight row row_begin. When w is in panels, row_begin must be a
+// multiple of kPanelRows.
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
                 int64_t row_end, float* y, int64_t ldy);
 

@@ -2,6 +2,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "engine/dtype.h"
 
 #define BATON_AVX2 __attribute__((target("avx2,fma")))
@@ -47,7 +50,7 @@ BATON_AVX2 void Tile(const float* x, int64_t ldx, int64_t k, const W* w, float* 
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = Sum(acc[r][t]);
-      for (int64_t c = k8; c < k; ++c) s += ToFloat(w[r * k + c]) * x[t * ldx + c];
+      for (int64_t c = k8; c < k; ++c) s = std::fma(ToFloat(w[r * k + c]), x[t * ldx + c], s);
       y[t * ldy + r] = s;
     }
   }
@@ -70,10 +73,62 @@ BATON_AVX2 void MatMulRowsTyped(const float* x, int64_t ldx, int64_t m, int64_t 
   for (; j < row_end; ++j) TileRows<1>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
 }
 
+// Tile<4, T> over one panel (see Matrix): the same multiply-adds in the same
+// order as the row-major tile, only at other addresses. Stores the first
+// `rows` rows.
+template <int T, typename W>
+BATON_AVX2 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* panel, int rows,
+                          float* y, int64_t ldy) {
+  __m256 acc[4][T];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
+  // Element (r, c) of the panel is at (c / 16) * 64 + r * 16 + c % 16.
+  auto at = [panel](int r, int64_t c) { return panel + (c / 16) * 64 + r * 16 + c % 16; };
+  const int64_t k8 = k / 8 * 8;
+  for (int64_t c = 0; c < k8; c += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + c);
+    for (int r = 0; r < 4; ++r) {
+      const __m256 wv = Load8(at(r, c));
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    for (int t = 0; t < T; ++t) {
+      float s = Sum(acc[r][t]);
+      for (int64_t c = k8; c < k; ++c) s = std::fma(ToFloat(*at(r, c)), x[t * ldx + c], s);
+      y[t * ldy + r] = s;
+    }
+  }
+}
+
+template <typename W>
+BATON_AVX2 void MatMulPanels(const float* x, int64_t ldx, int64_t m, const Matrix& w, const W* data,
+                             int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  const int64_t k = w.cols, stride = 4 * w.padded_cols();
+  for (int64_t j = row_begin; j < row_end; j += 4) {
+    const W* panel = data + j / 4 * stride;
+    const int rows = static_cast<int>(std::min<int64_t>(4, row_end - j));
+    float* yj = y + (j - row_begin);
+    int64_t i = 0;
+    for (; i + 3 <= m; i += 3) PanelTile<3>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+    if (m - i == 2) PanelTile<2>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+    if (m - i == 1) PanelTile<1>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+  }
+}
+
 }  // namespace
 
 BATON_AVX2 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w,
                            int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  if (w.panels) {
+    if (w.dtype == DType::kF32) {
+      MatMulPanels(x, ldx, m, w, w.f32(), row_begin, row_end, y, ldy);
+    } else {
+      MatMulPanels(x, ldx, m, w, w.bf16(), row_begin, row_end, y, ldy);
+    }
+    return;
+  }
   if (w.dtype == DType::kF32) {
     MatMulRowsTyped(x, ldx, m, w.cols, w.f32(), row_begin, row_end, y, ldy);
   } else {

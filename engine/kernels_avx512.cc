@@ -72,10 +72,68 @@ BATON_AVX512 void MatMulRowsTyped(const float* x, int64_t ldx, int64_t m, int64_
   for (; j < row_end; ++j) TileRows<1>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
 }
 
+// Tile<4, T> over one panel (kPanelRows rows, padded columns): the same
+// multiply-adds in the same order, so results equal the row-major tile's bit
+// for bit; only the addresses differ. Stores the first `rows` rows.
+template <int T, typename W>
+BATON_AVX512 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* panel, int rows,
+                            float* y, int64_t ldy) {
+  __m512 acc[4][T];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  const W* p = panel;
+  for (int64_t c = 0; c < k; c += 16, p += 64) {
+    const __mmask16 mask = k - c >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - c)) - 1);
+    __m512 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * ldx + c);
+    for (int r = 0; r < 4; ++r) {
+      const __m512 wv = LoadWeights(p + 16 * r, 0xffff);  // Padding is zero.
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+template <typename W>
+BATON_AVX512 void MatMulPanels(const float* x, int64_t ldx, int64_t m, const Matrix& w,
+                               const W* data, int64_t row_begin, int64_t row_end, float* y,
+                               int64_t ldy) {
+  const int64_t k = w.cols, stride = 4 * w.padded_cols();
+  for (int64_t j = row_begin; j < row_end; j += 4) {
+    const W* panel = data + j / 4 * stride;
+    const int rows = static_cast<int>(std::min<int64_t>(4, row_end - j));
+    float* yj = y + (j - row_begin);
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) PanelTile<4>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+    switch (m - i) {
+      case 3:
+        PanelTile<3>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+        break;
+      case 2:
+        PanelTile<2>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+        break;
+      case 1:
+        PanelTile<1>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
 }  // namespace
 
 BATON_AVX512 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w,
                              int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  if (w.panels) {
+    if (w.dtype == DType::kF32) {
+      MatMulPanels(x, ldx, m, w, w.f32(), row_begin, row_end, y, ldy);
+    } else {
+      MatMulPanels(x, ldx, m, w, w.bf16(), row_begin, row_end, y, ldy);
+    }
+    return;
+  }
   if (w.dtype == DType::kF32) {
     MatMulRowsTyped(x, ldx, m, w.cols, w.f32(), row_begin, row_end, y, ldy);
   } else {

@@ -2,6 +2,7 @@
 #ifndef BATON_ENGINE_TENSOR_H_
 #define BATON_ENGINE_TENSOR_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -32,12 +33,24 @@ class AlignedBuffer {
   size_t bytes_ = 0;
 };
 
-// A row-major [rows][cols] matrix of F32 or BF16. Linear layers store their
-// weight as [out][in], as checkpoints do, so y = x W^T reads rows.
+// A [rows][cols] matrix of F32 or BF16. Linear layers store their weight as
+// [out][in], as checkpoints do, so y = x W^T reads rows.
+//
+// Storage is row-major, or, after ToPanels(), in panels: groups of
+// kPanelRows rows whose columns interleave in kPanelCols-wide slices (row
+// group g, column slice s holds rows 4g..4g+3 of columns 16s..16s+15, one
+// row after the other), with rows and columns padded by zeros to whole
+// panels. A kernel tile of kPanelRows rows then reads one sequential stream
+// instead of four rows far apart, which is what lets a decode GEMV run at the
+// memory bandwidth. Index() and At() hide the layout.
+inline constexpr int64_t kPanelRows = 4;
+inline constexpr int64_t kPanelCols = 16;
+
 struct Matrix {
   DType dtype = DType::kF32;
   int64_t rows = 0;
   int64_t cols = 0;
+  bool panels = false;
   AlignedBuffer storage;
 
   Matrix() = default;
@@ -49,9 +62,41 @@ struct Matrix {
   const float* f32() const { return reinterpret_cast<const float*>(storage.data()); }
   uint16_t* bf16() { return reinterpret_cast<uint16_t*>(storage.data()); }
   const uint16_t* bf16() const { return reinterpret_cast<const uint16_t*>(storage.data()); }
-  size_t bytes() const { return storage.size(); }
+  // Bytes of the matrix's values (what a pass over it reads), padding excluded.
+  size_t bytes() const { return static_cast<size_t>(rows * cols) * DTypeSize(dtype); }
+  // Columns per stored row: padded to whole panels in the panel layout.
+  int64_t padded_cols() const {
+    return panels ? (cols + kPanelCols - 1) / kPanelCols * kPanelCols : cols;
+  }
+  // The element index of (r, c) in storage.
+  int64_t Index(int64_t r, int64_t c) const {
+    if (!panels) return r * cols + c;
+    return (r / kPanelRows) * kPanelRows * padded_cols() +
+           (c / kPanelCols) * kPanelRows * kPanelCols + (r % kPanelRows) * kPanelCols +
+           c % kPanelCols;
+  }
   float At(int64_t r, int64_t c) const {
-    return dtype == DType::kF32 ? f32()[r * cols + c] : Bf16ToFloat(bf16()[r * cols + c]);
+    const int64_t i = Index(r, c);
+    return dtype == DType::kF32 ? f32()[i] : Bf16ToFloat(bf16()[i]);
+  }
+  // The same values in the panel layout (a copy; this one is unchanged).
+  Matrix ToPanels() const {
+    Matrix out;
+    out.dtype = dtype;
+    out.rows = rows;
+    out.cols = cols;
+    out.panels = true;
+    const int64_t padded_rows = (rows + kPanelRows - 1) / kPanelRows * kPanelRows;
+    const size_t elem = DTypeSize(dtype);
+    out.storage = AlignedBuffer(static_cast<size_t>(padded_rows * out.padded_cols()) * elem);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; c += kPanelCols) {
+        const int64_t n = std::min(kPanelCols, cols - c);
+        std::memcpy(out.storage.data() + out.Index(r, c) * elem,
+                    storage.data() + Index(r, c) * elem, static_cast<size_t>(n) * elem);
+      }
+    }
+    return out;
   }
 };
 

@@ -49,6 +49,42 @@ TEST(KernelsTest, MatMulMatchesNaiveForAllShapesAndTypes) {
   }
 }
 
+// The panel layout changes addresses only: every product must equal the
+// row-major one bit for bit (batch invariance and disaggregation rely on
+// it), whole matrices and panel-aligned row ranges, with every tail.
+TEST(KernelsTest, PanelLayoutGivesBitIdenticalProducts) {
+  std::mt19937 rng(11);
+  ThreadPool pool(2);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{
+             {1, 1, 1}, {1, 7, 33}, {2, 9, 16}, {5, 13, 100}, {70, 21, 64}, {4, 128, 576}}) {
+      const Matrix rows = RandomMatrix(dtype, n, k, rng);
+      const Matrix panels = rows.ToPanels();
+      ASSERT_TRUE(panels.panels);
+      for (int r = 0; r < n; ++r) {
+        for (int c = 0; c < k; ++c) ASSERT_EQ(panels.At(r, c), rows.At(r, c));
+      }
+      EXPECT_EQ(panels.bytes(), rows.bytes());
+      std::vector<float> x(m * k);
+      std::normal_distribution<float> dist;
+      for (float& v : x) v = dist(rng);
+      std::vector<float> want(m * n), got(m * n, -1.f);
+      kernels::MatMul(x.data(), k, m, rows, want.data(), n, pool);
+      kernels::MatMul(x.data(), k, m, panels, got.data(), n, pool);
+      EXPECT_EQ(got, want) << DTypeName(dtype) << " m=" << m << " n=" << n << " k=" << k;
+      // A range that starts on a panel and ends anywhere.
+      const int begin = n >= 8 ? 4 : 0, end = n - (n > 5 ? 1 : 0);
+      std::vector<float> part(m * (end - begin), -1.f);
+      kernels::MatMulRows(x.data(), k, m, panels, begin, end, part.data(), end - begin);
+      for (int i = 0; i < m; ++i) {
+        for (int j = begin; j < end; ++j) {
+          ASSERT_EQ(part[i * (end - begin) + j - begin], want[i * n + j]) << "row " << j;
+        }
+      }
+    }
+  }
+}
+
 TEST(KernelsTest, RmsNormSoftmaxRope) {
   std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
   kernels::RmsNorm(x.data(), w.data(), 4, 0.f, out.data());
