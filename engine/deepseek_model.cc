@@ -270,6 +270,11 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   kernels::MatMul(ws.attn_v.data(), heads * vdim, T, a.o, ws.out.data(), hidden, pool);
 }
 
+// Attention over the latent cache, per token: scores of every head against
+// every cached row, a scaled softmax per head, and the probability-weighted
+// sum of the latents. Each (row, head) score, each softmax and each output
+// element is computed by the same arithmetic however the work is split, so a
+// token's result never depends on the batch around it.
 void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
                                   ThreadPool& pool) {
   const ModelConfig& c = config_;
@@ -278,40 +283,95 @@ void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& ba
   const int64_t width = lora + c.qk_rope_head_dim;
   const int64_t block_size = cache.block_size();
   EnsureSize(ws.o_latent, T * heads * lora);
-  // Work items are (token, block of heads). Every cache row loaded serves all
-  // heads of its block, which is what makes MLA decode cheap, so blocks hold
-  // all heads unless there are too few tokens to keep every thread busy.
+  auto table_of = [&](int64_t i) -> const std::vector<int32_t>& {
+    return *batch[ws.chunk_of_token[i]].block_table;
+  };
+  // Scores of heads [h0, h0 + hb) of token i against rows [j0, j1), one
+  // cache block (contiguous rows) at a time, into scores[h][j].
+  auto score = [&](int64_t i, int64_t h0, int64_t hb, int64_t j0, int64_t j1, float* scores,
+                   int64_t ld) {
+    const std::vector<int32_t>& table = table_of(i);
+    const float* q = &ws.q_full[(i * heads + h0) * width];
+    for (int64_t j = j0; j < j1; j = (j / block_size + 1) * block_size) {
+      const int64_t n = std::min((j / block_size + 1) * block_size, j1) - j;
+      // Two blocks ahead: blocks need not be adjacent in memory, so the
+      // hardware prefetcher cannot follow a sequence from one to the next.
+      const int64_t ahead = (j / block_size + 2) * block_size;
+      if (ahead < j1) {
+        const char* next = reinterpret_cast<const char*>(cache.Row(layer, table, ahead));
+        const int64_t bytes = std::min(block_size, j1 - ahead) * width * 4;
+        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
+      }
+      kernels::MatMulF32(q, width, hb, cache.Row(layer, table, j), n, width, &scores[j], ld);
+    }
+  };
+  auto softmax = [&](float* row, int64_t len) {
+    for (int64_t j = 0; j < len; ++j) row[j] *= softmax_scale_;
+    kernels::Softmax(row, len);
+  };
+  // out[h][c0, c1) = sum_j p[h][j] row[j][c0, c1) for heads [h0, h0 + hb).
+  auto accumulate = [&](int64_t i, int64_t h0, int64_t hb, int64_t c0, int64_t c1, const float* p,
+                        int64_t ldp) {
+    const std::vector<int32_t>& table = table_of(i);
+    const int64_t len = ws.positions[i] + 1;
+    float* out = &ws.o_latent[(i * heads + h0) * lora];
+    for (int64_t h = 0; h < hb; ++h) std::fill(out + h * lora + c0, out + h * lora + c1, 0.0f);
+    for (int64_t j0 = 0; j0 < len; j0 += block_size) {
+      const int64_t n = std::min(block_size, len - j0);
+      kernels::AccumulateRows(p + j0, ldp, hb, cache.Row(layer, table, j0) + c0, width, n, c1 - c0,
+                              out + c0, lora);
+    }
+  };
+
   const int64_t threads = pool.num_threads();
-  const int64_t splits = T >= threads ? 1 : (threads + T - 1) / T;
-  const int64_t head_block = (heads + splits - 1) / splits;
-  const int64_t head_blocks = (heads + head_block - 1) / head_block;
-  pool.ParallelFor(T * head_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t i = item / head_blocks;
-      const int64_t h0 = (item % head_blocks) * head_block;
-      const int64_t hb = std::min(heads, h0 + head_block) - h0;
-      const int64_t len = ws.positions[i] + 1;  // Causal: up to and including itself.
-      const std::vector<int32_t>& table = *batch[ws.chunk_of_token[i]].block_table;
-      const float* q = &ws.q_full[(i * heads + h0) * width];
-      float* out = &ws.o_latent[(i * heads + h0) * lora];
-      EnsureSize(scores, hb * len);
-      // Scores, one cache block (contiguous rows) at a time.
-      for (int64_t j0 = 0; j0 < len; j0 += block_size) {
-        const int64_t n = std::min(block_size, len - j0);
-        kernels::MatMulF32(q, width, hb, cache.Row(layer, table, j0), n, width, &scores[j0], len);
+  if (T >= threads) {
+    // Enough tokens for every thread: one token, all heads, per work item,
+    // so that each cached row loaded serves every head.
+    pool.ParallelFor(T, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t len = ws.positions[i] + 1;  // Causal: up to and including itself.
+        EnsureSize(scores, heads * len);
+        score(i, 0, heads, 0, len, scores.data(), len);
+        for (int64_t h = 0; h < heads; ++h) softmax(&scores[h * len], len);
+        accumulate(i, 0, heads, 0, lora, scores.data(), len);
       }
-      for (int64_t h = 0; h < hb; ++h) {
-        float* row = &scores[h * len];
-        for (int64_t j = 0; j < len; ++j) row[j] *= softmax_scale_;
-        kernels::Softmax(row, len);
-      }
-      std::fill_n(out, hb * lora, 0.0f);
-      for (int64_t j0 = 0; j0 < len; j0 += block_size) {
-        const int64_t n = std::min(block_size, len - j0);
-        kernels::AccumulateRows(&scores[j0], len, hb, cache.Row(layer, table, j0), width, n, lora,
-                                out, lora);
-      }
+    });
+    return;
+  }
+  // A few tokens (decode): split each token's context among the threads, so
+  // that every cached row is read from memory once per step, not once per
+  // thread. Scores by row range, softmax by head, sums by latent columns.
+  std::vector<int64_t> offset(T + 1, 0);
+  for (int64_t i = 0; i < T; ++i) offset[i + 1] = offset[i] + heads * (ws.positions[i] + 1);
+  EnsureSize(ws.scores, offset[T]);
+  constexpr int64_t kRowsPerItem = 128;
+  std::vector<std::pair<int64_t, int64_t>> items;  // (token, first row)
+  for (int64_t i = 0; i < T; ++i) {
+    for (int64_t j = 0; j <= ws.positions[i]; j += kRowsPerItem) items.push_back({i, j});
+  }
+  pool.ParallelFor(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const auto [i, j0] = items[k];
+      const int64_t len = ws.positions[i] + 1;
+      score(i, 0, heads, j0, std::min(len, j0 + kRowsPerItem), &ws.scores[offset[i]], len);
+    }
+  });
+  pool.ParallelFor(T * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t i = k / heads, len = ws.positions[i] + 1;
+      softmax(&ws.scores[offset[i] + k % heads * len], len);
+    }
+  });
+  // Column slices: each element is summed over the rows in order whatever
+  // the slicing, so slices only divide the work.
+  constexpr int64_t kColumns = 64;
+  const int64_t slices = (lora + kColumns - 1) / kColumns;
+  pool.ParallelFor(T * slices, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t i = k / slices, c0 = k % slices * kColumns;
+      accumulate(i, 0, heads, c0, std::min(lora, c0 + kColumns), &ws.scores[offset[i]],
+                 ws.positions[i] + 1);
     }
   });
 }

@@ -108,6 +108,7 @@ class DeepseekModel {
     std::vector<float> kv;             // [T][lora+rope]
     std::vector<float> q_full;         // [T][heads][lora+rope]
     std::vector<float> o_latent;       // [T][heads][lora]
+    std::vector<float> scores;         // Decode attention: [T][heads][len]
     std::vector<float> attn_v;         // [T][heads][v]
     std::vector<float> out;            // [T][hidden]
     std::vector<float> mlp_hidden;     // [T][2*inter]

@@ -192,7 +192,7 @@ BATON_AVX2 void AccumulateGroup(const float* p, int64_t ldp, const float* rows, 
   for (; c < k; ++c) {
     for (int i = 0; i < M; ++i) {
       float s = out[i * ldo + c];
-      for (int64_t j = 0; j < n; ++j) s += p[i * ldp + j] * rows[j * ldr + c];
+      for (int64_t j = 0; j < n; ++j) s = std::fma(p[i * ldp + j], rows[j * ldr + c], s);
       out[i * ldo + c] = s;
     }
   }
