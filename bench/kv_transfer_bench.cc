@@ -32,7 +32,6 @@ class DiscardSink : public KvImportSink {
     checksum_ += rows[0] + static_cast<float>(end - begin);
     return absl::OkStatus();
   }
-  void FinishImport(int64_t) override {}
   float checksum_ = 0;
 };
 

@@ -67,8 +67,8 @@ absl::Status Engine::Validate(const EngineRequest& r) const {
                                                      c.vocab_size, ")"));
     }
   }
-  if (r.external_prefill && r.prompt.size() < 2) {
-    return absl::InvalidArgumentError("external prefill needs a prompt of at least 2 tokens");
+  if (r.prefill_only && !r.sampling.seed.has_value()) {
+    return absl::InvalidArgumentError("a prefill-only request needs sampling.seed");
   }
   if (r.sampling.max_tokens < 1) {
     return absl::InvalidArgumentError("sampling.max_tokens must be >= 1");
@@ -112,13 +112,37 @@ bool Engine::HasWork() const {
                      [](const auto& s) { return !s->awaiting_import; });
 }
 
-void Engine::ImportDone(int64_t id) {
-  for (auto& s : running_) {
-    if (s->request.id == id && s->awaiting_import) {
-      s->awaiting_import = false;
-      s->computed = static_cast<int64_t>(s->request.prompt.size()) - 1;
-    }
+std::optional<TokenEvent> Engine::ImportDone(int64_t id, const SampledToken& first) {
+  auto it = std::find_if(running_.begin(), running_.end(),
+                         [id](const auto& s) { return s->request.id == id && s->awaiting_import; });
+  if (it == running_.end()) return std::nullopt;
+  Sequence& s = **it;
+  s.awaiting_import = false;
+  s.computed = static_cast<int64_t>(s.request.prompt.size());
+  TokenEvent e = Emit(s, first);
+  if (e.finish != FinishReason::kNone) running_.erase(it);
+  return e;
+}
+
+TokenEvent Engine::Emit(Sequence& s, const SampledToken& token) {
+  const SamplingOptions& o = s.request.sampling;
+  TokenEvent e;
+  e.request_id = s.request.id;
+  e.has_token = true;
+  e.token = token;
+  s.output.push_back(token.id);
+  const int32_t id = token.id;
+  if ((!o.ignore_eos && id == config().eos_token_id) ||
+      std::find(o.stop_token_ids.begin(), o.stop_token_ids.end(), id) != o.stop_token_ids.end()) {
+    e.finish = FinishReason::kStop;
+  } else if (static_cast<int64_t>(s.output.size()) >= o.max_tokens ||
+             s.total_tokens() >= config().max_position_embeddings) {
+    e.finish = FinishReason::kLength;
   }
+  e.prompt_tokens = static_cast<int64_t>(s.request.prompt.size());
+  e.completion_tokens = static_cast<int64_t>(s.output.size());
+  if (e.finish != FinishReason::kNone) s.blocks.Release();
+  return e;
 }
 
 Engine::Sequence* Engine::PreemptionVictim(const Sequence* keep) const {
@@ -244,9 +268,8 @@ std::vector<TokenEvent> Engine::Step() {
       tokens[i].push_back(pos < prompt_len ? prompt[pos] : p.seq->output[pos - prompt_len]);
     }
     const bool completes = p.begin + p.count == p.seq->total_tokens();
-    batch.push_back(
-        {tokens[i].data(), p.count, p.begin, &p.seq->blocks.table(),
-         completes && !p.seq->request.prefill_only ? LogitsMode::kLast : LogitsMode::kNone});
+    batch.push_back({tokens[i].data(), p.count, p.begin, &p.seq->blocks.table(),
+                     completes ? LogitsMode::kLast : LogitsMode::kNone});
     step_tokens += p.count;
   }
   last_step_tokens_ = step_tokens;
@@ -290,33 +313,20 @@ std::vector<TokenEvent> Engine::Step() {
     Sequence& s = *p.seq;
     s.computed = p.begin + p.count;
     if (s.computed != s.total_tokens()) continue;
+    const SampledToken token = Sample(&logits_[row * vocab], vocab, s.request.sampling,
+                                      s.request.prompt, s.output, s.seed, s.output.size());
+    ++row;
     if (s.request.prefill_only) {
-      events.push_back(Finish(s, FinishReason::kPrefilled));
+      // The first token travels with the KV; the decode worker emits it.
+      TokenEvent e = Finish(s, FinishReason::kPrefilled);
+      e.has_token = true;
+      e.token = token;
+      events.push_back(std::move(e));
       done.push_back(&s);
       continue;
     }
-    const SamplingOptions& o = s.request.sampling;
-    TokenEvent e;
-    e.request_id = s.request.id;
-    e.has_token = true;
-    e.token = Sample(&logits_[row * vocab], vocab, o, s.request.prompt, s.output, s.seed,
-                     s.output.size());
-    ++row;
-    s.output.push_back(e.token.id);
-    const int32_t id = e.token.id;
-    if ((!o.ignore_eos && id == config().eos_token_id) ||
-        std::find(o.stop_token_ids.begin(), o.stop_token_ids.end(), id) != o.stop_token_ids.end()) {
-      e.finish = FinishReason::kStop;
-    } else if (static_cast<int64_t>(s.output.size()) >= o.max_tokens ||
-               s.total_tokens() >= config().max_position_embeddings) {
-      e.finish = FinishReason::kLength;
-    }
-    e.prompt_tokens = static_cast<int64_t>(s.request.prompt.size());
-    e.completion_tokens = static_cast<int64_t>(s.output.size());
-    if (e.finish != FinishReason::kNone) {
-      s.blocks.Release();
-      done.push_back(&s);
-    }
+    TokenEvent e = Emit(s, token);
+    if (e.finish != FinishReason::kNone) done.push_back(&s);
     events.push_back(std::move(e));
   }
   if (!done.empty()) {

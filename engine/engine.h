@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,14 +51,16 @@ struct EngineRequest {
   std::vector<int32_t> prompt;
   SamplingOptions sampling;
   // Disaggregated prefill: compute the prompt's KV, hand each layer to
-  // kv_sink, sample nothing, finish with kPrefilled.
+  // kv_sink, sample the first token (with `sampling`, whose seed must be set)
+  // and finish with kPrefilled, carrying that token.
   bool prefill_only = false;
   KvSink kv_sink;
-  // Disaggregated decode: the KV of every prompt token but the last arrives
-  // from a prefill worker. The engine reserves the blocks, reports them in a
-  // kv_reserved event, and schedules the request after ImportDone(); the
-  // last prompt token is then computed here, so sampling is exactly as in a
-  // colocated run.
+  // Disaggregated decode: the KV of the whole prompt and the first token
+  // arrive from a prefill worker. The engine reserves the blocks, reports
+  // them in a kv_reserved event, and schedules the request after
+  // ImportDone(); the first token was sampled there exactly as it would have
+  // been here (same logits, same seed and step), so the output is the
+  // colocated one.
   bool external_prefill = false;
 };
 
@@ -105,8 +108,10 @@ class Engine {
   // comes from the next Step(). Unknown ids are ignored.
   void Cancel(int64_t request_id);
 
-  // An external_prefill request's KV has been imported: schedule it.
-  void ImportDone(int64_t request_id);
+  // An external_prefill request's KV has been imported and the prefill
+  // worker sampled `first`: returns that token's event (with its finish, if
+  // it ends the request) and schedules the rest. Nothing for unknown ids.
+  std::optional<TokenEvent> ImportDone(int64_t request_id, const SampledToken& first);
 
   bool HasWork() const;
   // Runs one step and returns its events.
@@ -133,6 +138,9 @@ class Engine {
   // The newest running sequence that may be preempted, other than `keep`.
   Sequence* PreemptionVictim(const Sequence* keep) const;
   TokenEvent Finish(Sequence& s, FinishReason reason);
+  // Appends a sampled token to `s` and returns its event; sets the finish
+  // (and frees the blocks) when it ends the request.
+  TokenEvent Emit(Sequence& s, const SampledToken& token);
 
   std::unique_ptr<DeepseekModel> model_;
   EngineOptions options_;

@@ -63,9 +63,9 @@ absl::Status EngineLoop::ImportKv(int64_t request_id, int layer, int64_t begin, 
   return absl::OkStatus();
 }
 
-void EngineLoop::FinishImport(int64_t request_id) {
+void EngineLoop::FinishImport(int64_t request_id, SampledToken first) {
   absl::MutexLock lock(&mu_);
-  imports_done_.push_back(request_id);
+  imports_done_.push_back({request_id, std::move(first)});
 }
 
 void EngineLoop::CloseImport(int64_t request_id) {
@@ -90,7 +90,7 @@ void EngineLoop::Run() {
   while (true) {
     std::vector<Submission> submissions;
     std::vector<int64_t> cancels;
-    std::vector<int64_t> imports_done;
+    std::vector<std::pair<int64_t, SampledToken>> imports_done;
     bool stop;
     {
       absl::MutexLock lock(&mu_);
@@ -118,9 +118,15 @@ void EngineLoop::Run() {
       callbacks_[id] = std::move(s.callback);
       prompt_lengths_[id] = prompt_length;
     }
-    for (int64_t id : imports_done) {
+    for (const auto& [id, first] : imports_done) {
       CloseImport(id);
-      engine_->ImportDone(id);
+      std::optional<TokenEvent> e = engine_->ImportDone(id, first);
+      if (!e.has_value()) continue;
+      if (e->finish != FinishReason::kNone) prompt_lengths_.erase(id);
+      auto it = callbacks_.find(id);
+      if (it == callbacks_.end()) continue;
+      it->second(*e);
+      if (e->finish != FinishReason::kNone) callbacks_.erase(it);
     }
     for (int64_t id : cancels) {
       CloseImport(id);  // Before the engine frees the blocks.
@@ -146,7 +152,7 @@ void EngineLoop::Run() {
             absl::MutexLock lock(&target->mu);
             target->table = e.kv_blocks;
           }
-          target->tokens = prompt_lengths_[e.request_id] - 1;
+          target->tokens = prompt_lengths_[e.request_id];
           absl::MutexLock lock(&imports_mu_);
           imports_[e.request_id] = std::move(target);
         }

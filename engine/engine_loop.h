@@ -61,8 +61,9 @@ class EngineLoop {
   // prompt.
   absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
                         const float* rows);
-  // Every layer of every prompt token but the last has been imported.
-  void FinishImport(int64_t request_id);
+  // Every layer of every prompt token has been imported, and the prefill
+  // worker sampled `first`: the loop emits it and schedules the request.
+  void FinishImport(int64_t request_id, SampledToken first);
 
   // A snapshot taken after the latest step.
   EngineStats stats() const;
@@ -92,13 +93,13 @@ class EngineLoop {
     absl::Mutex mu;
     bool open ABSL_GUARDED_BY(mu) = true;
     std::vector<int32_t> table ABSL_GUARDED_BY(mu);
-    int64_t tokens = 0;  // Importable positions: the prompt but its last token.
+    int64_t tokens = 0;  // Importable positions: the prompt.
   };
   void CloseImport(int64_t request_id);
 
   mutable absl::Mutex imports_mu_;
   std::map<int64_t, std::shared_ptr<ImportTarget>> imports_ ABSL_GUARDED_BY(imports_mu_);
-  std::vector<int64_t> imports_done_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::pair<int64_t, SampledToken>> imports_done_ ABSL_GUARDED_BY(mu_);
 
   // Owned by the loop thread.
   std::map<int64_t, Callback> callbacks_;

@@ -135,6 +135,26 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
 // once. Threads other than gRPC's (the engine loop, the KV receiver) enter
 // the reactor only through State::Acquire(), and OnDone() leaves the final
 // delete to the last of them, so no thread ever touches a deleted reactor.
+void ToProto(const SampledToken& token, int logprobs, v1::GeneratedToken* out) {
+  out->set_id(static_cast<uint32_t>(token.id));
+  out->set_logprob(token.logprob);
+  for (int i = 0; i < std::min<int>(logprobs, token.top_logprobs.size()); ++i) {
+    v1::TokenLogprob* lp = out->add_top_logprobs();
+    lp->set_id(static_cast<uint32_t>(token.top_logprobs[i].first));
+    lp->set_logprob(token.top_logprobs[i].second);
+  }
+}
+
+SampledToken FromProto(const v1::GeneratedToken& token) {
+  SampledToken t;
+  t.id = static_cast<int32_t>(token.id());
+  t.logprob = token.logprob();
+  for (const v1::TokenLogprob& lp : token.top_logprobs()) {
+    t.top_logprobs.push_back({static_cast<int32_t>(lp.id()), lp.logprob()});
+  }
+  return t;
+}
+
 class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   GenerateStream(InferenceService* service, grpc::CallbackServerContext* context,
@@ -161,15 +181,23 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         service_->tokenizer_, std::vector<std::string>(request->sampling().stop().begin(),
                                                        request->sampling().stop().end()));
     if (plan != nullptr && service_->disaggregation_ != nullptr) {
-      const bool short_prompt = prompt_tokens_ < std::max<int64_t>(2, plan->local_threshold);
+      const bool short_prompt = prompt_tokens_ < plan->local_threshold;
       const bool room = service_->loop_->stats().waiting == 0;
-      const bool remote =
-          !plan->prefill_address.empty() && prompt_tokens_ >= 2 && !(short_prompt && room);
+      const bool remote = !plan->prefill_address.empty() && !(short_prompt && room);
       service_->metrics_->CountPrefillPath(remote ? "remote" : "local");
       if (remote) {
+        // The prefill worker samples the first token: it must use the seed
+        // this engine will use for the rest.
+        if (!engine_request->sampling.seed.has_value()) {
+          engine_request->sampling.seed =
+              (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+        }
         engine_request->external_prefill = true;
         state_->prefill_address = plan->prefill_address;
         state_->prompt = engine_request->prompt;
+        state_->sampling = request->sampling();
+        state_->seed = *engine_request->sampling.seed;
+        state_->loop = service_->loop_;
       }
     }
     std::shared_ptr<State> state = state_;
@@ -243,8 +271,15 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     // Remote prefill.
     std::string prefill_address;
     std::vector<int32_t> prompt;
+    v1::SamplingParams sampling;
+    uint64_t seed = 0;
+    EngineLoop* loop = nullptr;
     uint64_t transfer_id ABSL_GUARDED_BY(mu) = 0;
+    // The KV import and the prefill's answer (the first token) arrive in
+    // either order; the request runs here once both have.
     bool imported ABSL_GUARDED_BY(mu) = false;
+    std::optional<SampledToken> first_token ABSL_GUARDED_BY(mu);
+    bool handed_off ABSL_GUARDED_BY(mu) = false;
     std::unique_ptr<grpc::ClientContext> prefill_context ABSL_GUARDED_BY(mu);
     internal::v1::PrefillRequest prefill_request;
     internal::v1::PrefillResponse prefill_response;
@@ -283,6 +318,17 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     void OnImported() {
       absl::MutexLock lock(&mu);
       imported = true;
+      MaybeHandOff();
+    }
+    void OnFirstToken(SampledToken token) {
+      absl::MutexLock lock(&mu);
+      first_token = std::move(token);
+      MaybeHandOff();
+    }
+    void MaybeHandOff() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+      if (!imported || !first_token.has_value() || handed_off || final_ready) return;
+      handed_off = true;
+      loop->FinishImport(engine_id, *first_token);
     }
   };
 
@@ -318,7 +364,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
   void FailPrefill(const absl::Status& status) {
     {
       absl::MutexLock lock(&state_->mu);
-      if (state_->imported || state_->final_ready) return;
+      if (state_->handed_off || state_->final_ready) return;
       state_->final_ready = true;
       // A misconfigured pair (model or KV layout mismatch) is not retried:
       // the error must reach whoever deploys it.
@@ -346,7 +392,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     std::shared_ptr<State> state = state_;
     // Register the transfer before publishing it, so that a cancel racing
     // with this always finds something to forget.
-    d.receiver->Expect(transfer_id, e.request_id, static_cast<int64_t>(state_->prompt.size()) - 1,
+    d.receiver->Expect(transfer_id, e.request_id, static_cast<int64_t>(state_->prompt.size()),
                        [state](absl::Status s) {
                          if (s.ok()) {
                            state->OnImported();
@@ -367,10 +413,12 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
                                             std::chrono::minutes(10));
     }
     internal::v1::PrefillRequest& r = state_->prefill_request;
-    r.mutable_token_ids()->Add(state_->prompt.begin(), state_->prompt.end() - 1);
+    r.mutable_token_ids()->Add(state_->prompt.begin(), state_->prompt.end());
     r.mutable_target()->set_data_address(d.data_address);
     r.mutable_target()->set_transfer_id(transfer_id);
     r.set_model_fingerprint(d.layout.fingerprint);
+    *r.mutable_sampling() = state_->sampling;
+    r.set_seed(state_->seed);
     auto stub = internal::v1::PrefillWorker::NewStub(d.channels->Get(state_->prefill_address));
     grpc::ClientContext* context;
     {
@@ -381,6 +429,10 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       if (!s.ok()) {
         state->OnPrefillFailed(
             absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message()));
+      } else if (!state->prefill_response.has_first_token()) {
+        state->OnPrefillFailed(absl::InternalError("the prefill worker sent no first token"));
+      } else {
+        state->OnFirstToken(FromProto(state->prefill_response.first_token()));
       }
     });
   }
@@ -396,8 +448,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     const absl::Time now = absl::Now();
     if (e.has_token) {
       v1::GeneratedToken* t = chunk.add_tokens();
-      t->set_id(e.token.id);
-      t->set_logprob(e.token.logprob);
+      ToProto(e.token, logprobs_, t);
       if (service_->tokenizer_ != nullptr) {
         auto raw = service_->tokenizer_->TokenText(e.token.id);
         if (raw.ok()) {
@@ -405,11 +456,6 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
           AppendValidUtf8(*raw, /*final=*/true, &valid);
           t->set_text(valid);
         }
-      }
-      for (int i = 0; i < std::min<int>(logprobs_, e.token.top_logprobs.size()); ++i) {
-        v1::TokenLogprob* lp = t->add_top_logprobs();
-        lp->set_id(e.token.top_logprobs[i].first);
-        lp->set_logprob(e.token.top_logprobs[i].second);
       }
       TextStream::Delta delta = text_->Add(e.token.id);
       chunk.set_text(delta.text);

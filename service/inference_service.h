@@ -51,6 +51,11 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
                                               const Tokenizer* tokenizer, const ModelConfig& config,
                                               int64_t max_tokens_limit);
 
+// A sampled token on the wire: id, logprob and the first `logprobs` top
+// alternatives (text is the caller's). FromProto inverts it exactly.
+void ToProto(const SampledToken& token, int logprobs, v1::GeneratedToken* out);
+SampledToken FromProto(const v1::GeneratedToken& token);
+
 class InferenceService final : public v1::Inference::CallbackService {
  public:
   // `tokenizer` may be null; every pointer must outlive the service.

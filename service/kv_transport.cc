@@ -314,7 +314,6 @@ void KvReceiver::Serve(int fd) {
           return;
         }
       }
-      sink_->FinishImport(request_id);
       if (observer_.on_success) {
         observer_.on_success(
             bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

@@ -53,7 +53,6 @@ class KvImportSink {
   virtual ~KvImportSink() = default;
   virtual absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
                                 const float* rows) = 0;
-  virtual void FinishImport(int64_t request_id) = 0;
 };
 
 // Imports into an engine loop's reserved blocks.
@@ -64,7 +63,6 @@ class EngineLoopKvSink : public KvImportSink {
                         const float* rows) override {
     return loop_->ImportKv(request_id, layer, begin, end, rows);
   }
-  void FinishImport(int64_t request_id) override { loop_->FinishImport(request_id); }
 
  private:
   EngineLoop* loop_;
@@ -89,7 +87,7 @@ class KvReceiver {
   int port() const { return port_; }
   // Frames for `transfer_id` go to engine request `request_id`, which awaits
   // `tokens` rows per layer. `on_done` runs once, on a receiver thread: OK
-  // after the engine was told the import finished, or the failure.
+  // once every row of every layer was imported, or the failure.
   void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
               std::function<void(absl::Status)> on_done);
   // The request ended: drop its transfer (and any connection still sending).

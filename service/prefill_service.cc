@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "service/inference_service.h"
 
 namespace baton {
 
@@ -38,10 +39,17 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
                        ", the decode worker ", request->model_fingerprint())));
       return;
     }
-    if (request->token_ids().empty()) {
-      Done(grpc::Status(grpc::INVALID_ARGUMENT, "token_ids: empty"));
+    v1::GenerateRequest generate;
+    generate.mutable_token_ids()->mutable_ids()->CopyFrom(request->token_ids());
+    *generate.mutable_sampling() = request->sampling();
+    generate.mutable_sampling()->set_max_tokens(1);  // This worker samples one token.
+    auto converted = ToEngineRequest(generate, /*tokenizer=*/nullptr, service_->loop_->config(),
+                                     /*max_tokens_limit=*/1);
+    if (!converted.ok()) {
+      Done(grpc::Status(grpc::INVALID_ARGUMENT, std::string(converted.status().message())));
       return;
     }
+    logprobs_ = converted->sampling.logprobs;
     start_ = absl::Now();
     std::shared_ptr<State> state = state_;
     // The sender belongs to the state: its callback must not own the state.
@@ -51,9 +59,8 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
                                                 service_->auth_->secret(), [weak](absl::Status s) {
                                                   if (auto alive = weak.lock()) alive->Fail(s);
                                                 });
-    EngineRequest r;
-    r.prompt.assign(request->token_ids().begin(), request->token_ids().end());
-    r.sampling.max_tokens = 1;
+    EngineRequest r = std::move(*converted);
+    r.sampling.seed = request->seed();
     r.prefill_only = true;
     KvSender* sender = state_->sender.get();
     const int delay_ms = service_->layer_delay_ms_;
@@ -90,14 +97,16 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
     int64_t engine_id ABSL_GUARDED_BY(mu) = 0;
     bool failed ABSL_GUARDED_BY(mu) = false;
     std::unique_ptr<KvSender> sender;  // Set before any callback can run.
+    SampledToken first_token;          // Written before the sender's Finish.
 
     // The engine finished computing: ship the end marker, then answer.
     void OnEngineEvent(const TokenEvent& e) {
       if (e.finish == FinishReason::kNone) return;
-      if (e.finish != FinishReason::kPrefilled) {
+      if (e.finish != FinishReason::kPrefilled || !e.has_token) {
         Fail(absl::InternalError(e.error.empty() ? "the prefill ended early" : e.error));
         return;
       }
+      first_token = e.token;
       KvSender* s = sender.get();
       // `this` lives on in the shared_ptr that the sender callbacks hold.
       s->Finish(e.prompt_tokens, [this](absl::Status status) { Complete(status); });
@@ -136,6 +145,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       state_->call = nullptr;
     }
     if (status.ok()) {
+      ToProto(state_->first_token, logprobs_, response_->mutable_first_token());
       response_->set_layers_sent(service_->layout_.layers);
       response_->set_bytes_sent(state_->sender ? state_->sender->bytes_sent() : 0);
       service_->metrics_->CountKvTransfer(response_->bytes_sent(),
@@ -151,6 +161,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
   internal::v1::PrefillResponse* response_;
   std::shared_ptr<State> state_;
   absl::Time start_;
+  int logprobs_ = 0;
 };
 
 PrefillService::PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth,

@@ -20,6 +20,7 @@ namespace {
 
 using ::baton::testing::BatonProcess;
 using ::baton::testing::BatonServer;
+using ::baton::testing::WaitUntilNotServing;
 using ::testing::HasSubstr;
 
 const std::string kTinyA = std::string(BATON_TEST_DATA) + "/golden/tiny-a";
@@ -364,7 +365,7 @@ TEST_P(SigtermTest, DrainsRunningStreamsAndRefusesNewOnes) {
     }
     while (started.load() < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     target->process().Signal(SIGTERM);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_TRUE(WaitUntilNotServing(target->address()));
     const StreamResult refused = Generate(d.router->address(), Request({0, 1, 2}, 4));
     EXPECT_FALSE(refused.status.ok());
     EXPECT_EQ(refused.status.error_code(), grpc::UNAVAILABLE) << refused.status.error_message();

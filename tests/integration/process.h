@@ -142,6 +142,11 @@ class BatonServer : public BatonProcess {
 // The text of http://127.0.0.1:PORT/PATH (a tiny HTTP/1.0 client).
 std::string HttpGet(int port, const std::string& path);
 
+// Polls grpc.health.v1 at `address` until it stops reporting SERVING (a
+// draining process says so first), so that a test acts inside the drain
+// window rather than after a guessed delay. False after ~2 s of SERVING.
+bool WaitUntilNotServing(const std::string& address);
+
 }  // namespace baton::testing
 
 #endif  // BATON_TESTS_INTEGRATION_PROCESS_H_

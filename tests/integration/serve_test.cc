@@ -18,6 +18,7 @@ namespace baton {
 namespace {
 
 using ::baton::testing::BatonServer;
+using ::baton::testing::WaitUntilNotServing;
 using ::testing::HasSubstr;
 
 const std::string kTinyA = std::string(BATON_TEST_DATA) + "/golden/tiny-a";
@@ -316,7 +317,7 @@ TEST_F(ServeTest, SigtermDrainsRunningRequestsAndRefusesNewOnes) {
   }
   while (started.load() < 6) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   server_->process().Signal(SIGTERM);
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_TRUE(WaitUntilNotServing(server_->address()));
   StreamResult refused = Generate(*stub_, TokenRequest({0, 1}, 4));
   EXPECT_EQ(refused.status.error_code(), grpc::UNAVAILABLE) << refused.status.error_message();
   for (auto& t : threads) t.join();

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "engine/safetensors.h"
 #include "gmock/gmock.h"
@@ -115,6 +116,85 @@ TEST(EngineTest, ConcurrentRequestsMatchTheirSoloRuns) {
   }
   EXPECT_GT(engine->stats().preemptions, 0) << "the cache was meant to be too small";
   EXPECT_EQ(engine->stats().kv_blocks_used, 0);
+}
+
+// The disaggregated handoff inside the engine: a prefill-only engine computes
+// the prompt, ships each layer's KV and samples the first token; another
+// engine imports that KV, takes the token, and decodes the rest. Tokens and
+// logprobs must equal a colocated run bit for bit, sampled or greedy, and
+// a first token that ends the request must end it.
+TEST(EngineTest, PrefillHandoffContinuesExactlyAsColocated) {
+  const std::vector<int32_t> golden = GoldenIds("input_ids");
+  for (int variant = 0; variant < 3; ++variant) {
+    EngineRequest r;
+    r.id = 7;
+    r.prompt.assign(golden.begin(), golden.begin() + 9 + 20 * variant);
+    r.sampling.max_tokens = variant == 2 ? 1 : 12;
+    r.sampling.seed = 99 + variant;
+    r.sampling.logprobs = 3;
+    if (variant == 1) {
+      r.sampling.temperature = 0.9f;
+      r.sampling.top_k = 20;
+      r.sampling.repetition_penalty = 1.2f;
+    }
+    auto colocated_engine = MakeEngine();
+    ASSERT_TRUE(colocated_engine->Add(r).ok());
+    const Outcome colocated = RunToCompletion(*colocated_engine)[7];
+
+    EngineOptions small_steps;
+    small_steps.step_token_budget = 16;  // The prompt crosses several steps.
+    auto prefill = MakeEngine(small_steps);
+    auto decode = MakeEngine();
+    const int layers = prefill->config().num_hidden_layers;
+    const int64_t width = prefill->kv_cache().width();
+    std::vector<std::vector<float>> shipped(layers);  // [layer][pos][width]
+    EngineRequest p = r;
+    p.prefill_only = true;
+    p.sampling.max_tokens = 1;
+    p.kv_sink = [&](int layer, int64_t begin, int64_t end, std::vector<float> rows) {
+      ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), begin * width) << "out of order";
+      ASSERT_EQ(static_cast<int64_t>(rows.size()), (end - begin) * width);
+      shipped[layer].insert(shipped[layer].end(), rows.begin(), rows.end());
+    };
+    ASSERT_TRUE(prefill->Add(p).ok());
+    std::optional<SampledToken> first;
+    for (int guard = 0; prefill->HasWork() && guard < 1000; ++guard) {
+      for (const TokenEvent& e : prefill->Step()) {
+        if (e.finish == FinishReason::kPrefilled && e.has_token) first = e.token;
+      }
+    }
+    ASSERT_TRUE(first.has_value());
+    EXPECT_EQ(prefill->stats().kv_blocks_used, 0);
+
+    EngineRequest d = r;
+    d.external_prefill = true;
+    ASSERT_TRUE(decode->Add(d).ok());
+    std::vector<int32_t> blocks;
+    for (const TokenEvent& e : decode->Step()) {
+      if (e.kv_reserved) blocks = e.kv_blocks;
+    }
+    ASSERT_FALSE(blocks.empty());
+    const int64_t n = static_cast<int64_t>(r.prompt.size());
+    for (int layer = 0; layer < layers; ++layer) {
+      ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), n * width);
+      decode->kv_cache().ImportLayer(layer, blocks, 0, n, shipped[layer].data());
+    }
+    std::optional<TokenEvent> handed = decode->ImportDone(7, *first);
+    ASSERT_TRUE(handed.has_value());
+    Outcome split;
+    split.tokens.push_back(handed->token.id);
+    split.logprobs.push_back(handed->token.logprob);
+    split.finish = handed->finish;
+    for (const auto& [id, rest] : RunToCompletion(*decode)) {
+      split.tokens.insert(split.tokens.end(), rest.tokens.begin(), rest.tokens.end());
+      split.logprobs.insert(split.logprobs.end(), rest.logprobs.begin(), rest.logprobs.end());
+      split.finish = rest.finish;
+    }
+    EXPECT_EQ(split.tokens, colocated.tokens) << "variant " << variant;
+    EXPECT_EQ(split.logprobs, colocated.logprobs) << "variant " << variant;
+    EXPECT_EQ(split.finish, colocated.finish) << "variant " << variant;
+    EXPECT_EQ(decode->stats().kv_blocks_used, 0);
+  }
 }
 
 TEST(EngineTest, CancelFreesBlocksAtOnce) {
