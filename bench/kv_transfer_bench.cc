@@ -47,7 +47,7 @@ double KvChannel(int tokens, int layers, int width) {
   if (!receiver.ok()) return 0;
   const uint64_t transfer = 42;
   std::promise<absl::Status> done;
-  (*receiver)->Expect(transfer, 1, tokens, [&](absl::Status s) { done.set_value(s); });
+  (*receiver)->Expect(transfer, 1, tokens, [&](absl::Status s, std::string) { done.set_value(s); });
   // One buffer per layer, made before the clock starts: the engine hands
   // the sender each layer's rows by move.
   std::vector<std::vector<float>> rows(
@@ -60,7 +60,7 @@ double KvChannel(int tokens, int layers, int width) {
                     [&](absl::Status s) { sent.set_value(s); });
     for (int layer = 0; layer < layers; ++layer)
       sender.Send(layer, 0, tokens, std::move(rows[layer]));
-    sender.Finish(tokens, [&](absl::Status s) { sent.set_value(s); });
+    sender.Finish(tokens, "", [&](absl::Status s) { sent.set_value(s); });
     if (!sent.get_future().get().ok()) return 0;
     if (!done.get_future().get().ok()) return 0;
   }

@@ -275,8 +275,8 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     uint64_t seed = 0;
     EngineLoop* loop = nullptr;
     uint64_t transfer_id ABSL_GUARDED_BY(mu) = 0;
-    // The KV import and the prefill's answer (the first token) arrive in
-    // either order; the request runs here once both have.
+    // The KV import (the first token on its end marker) hands the request to
+    // the engine; the prefill call's answer only reports failures.
     bool imported ABSL_GUARDED_BY(mu) = false;
     std::optional<SampledToken> first_token ABSL_GUARDED_BY(mu);
     bool handed_off ABSL_GUARDED_BY(mu) = false;
@@ -315,14 +315,18 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         Release();
       }
     }
-    void OnImported() {
+    // The KV landed, with the first token on its end marker.
+    void OnImported(SampledToken token) {
       absl::MutexLock lock(&mu);
       imported = true;
+      if (!first_token.has_value()) first_token = std::move(token);
       MaybeHandOff();
     }
+    // The prefill call answered (the same token): it confirms, it is not
+    // needed for the hand-off.
     void OnFirstToken(SampledToken token) {
       absl::MutexLock lock(&mu);
-      first_token = std::move(token);
+      if (!first_token.has_value()) first_token = std::move(token);
       MaybeHandOff();
     }
     void MaybeHandOff() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
@@ -393,9 +397,13 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     // Register the transfer before publishing it, so that a cancel racing
     // with this always finds something to forget.
     d.receiver->Expect(transfer_id, e.request_id, static_cast<int64_t>(state_->prompt.size()),
-                       [state](absl::Status s) {
+                       [state](absl::Status s, std::string closing) {
+                         v1::GeneratedToken token;
+                         if (s.ok() && !token.ParseFromString(closing)) {
+                           s = absl::DataLossError("the first token did not parse");
+                         }
                          if (s.ok()) {
-                           state->OnImported();
+                           state->OnImported(FromProto(token));
                          } else {
                            state->OnPrefillFailed(s);
                          }

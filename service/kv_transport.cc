@@ -26,7 +26,7 @@ constexpr uint32_t kMaxHelloBytes = 64 << 10;
 
 struct FrameHeader {
   uint32_t layer;
-  uint32_t zero;
+  uint32_t closing_bytes;  // The end marker's message length; 0 in data frames.
   uint64_t begin;
   uint64_t end;
 };
@@ -194,7 +194,7 @@ void KvReceiver::AcceptLoop() {
 }
 
 void KvReceiver::Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
-                        std::function<void(absl::Status)> on_done) {
+                        DoneCallback on_done) {
   absl::MutexLock lock(&mu_);
   expected_[transfer_id] = {request_id, tokens, std::move(on_done), -1};
 }
@@ -207,8 +207,8 @@ void KvReceiver::Forget(uint64_t transfer_id) {
   expected_.erase(it);
 }
 
-void KvReceiver::Complete(uint64_t transfer_id, const absl::Status& status) {
-  std::function<void(absl::Status)> on_done;
+void KvReceiver::Complete(uint64_t transfer_id, const absl::Status& status, std::string closing) {
+  DoneCallback on_done;
   {
     absl::MutexLock lock(&mu_);
     auto it = expected_.find(transfer_id);
@@ -217,15 +217,15 @@ void KvReceiver::Complete(uint64_t transfer_id, const absl::Status& status) {
     expected_.erase(it);
   }
   if (!status.ok() && observer_.on_failure) observer_.on_failure(std::string(status.message()));
-  if (on_done) on_done(status);
+  if (on_done) on_done(status, std::move(closing));
 }
 
 void KvReceiver::Serve(int fd) {
   const std::string peer = PeerName(fd);
   uint64_t transfer_id = 0;
   bool claimed = false;
-  auto finish = [&](const absl::Status& status) {
-    if (claimed) Complete(transfer_id, status);
+  auto finish = [&](const absl::Status& status, std::string closing = "") {
+    if (claimed) Complete(transfer_id, status, std::move(closing));
     absl::MutexLock lock(&mu_);
     open_fds_.erase(std::remove(open_fds_.begin(), open_fds_.end(), fd), open_fds_.end());
     close(fd);
@@ -307,6 +307,12 @@ void KvReceiver::Serve(int fd) {
       return;
     }
     if (h.layer == kDoneLayer) {
+      std::string closing(std::min<size_t>(h.closing_bytes, KvSender::kMaxClosingBytes), '\0');
+      if (h.closing_bytes > KvSender::kMaxClosingBytes ||
+          !ReadFull(fd, closing.data(), closing.size(), kIdleTimeoutMs).ok()) {
+        finish(absl::DataLossError("KV transfer: bad closing message"));
+        return;
+      }
       for (int layer = 0; layer < layout_.layers; ++layer) {
         if (rows_per_layer[layer] != tokens || static_cast<int64_t>(h.end) != tokens) {
           finish(absl::DataLossError(absl::StrCat("KV transfer incomplete: layer ", layer, " has ",
@@ -318,7 +324,7 @@ void KvReceiver::Serve(int fd) {
         observer_.on_success(
             bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       }
-      finish(absl::OkStatus());
+      finish(absl::OkStatus(), std::move(closing));
       return;
     }
     if (h.layer >= static_cast<uint32_t>(layout_.layers) || h.begin >= h.end ||
@@ -374,10 +380,12 @@ void KvSender::Send(int layer, int64_t begin, int64_t end, std::vector<float> ro
   cv_.notify_one();
 }
 
-void KvSender::Finish(int64_t tokens, std::function<void(absl::Status)> on_done) {
+void KvSender::Finish(int64_t tokens, std::string closing,
+                      std::function<void(absl::Status)> on_done) {
   std::lock_guard<std::mutex> lock(mu_);
   on_done_ = std::move(on_done);
-  queue_.push_back({static_cast<int>(kDoneLayer), 0, tokens, {}});
+  closing.resize(std::min(closing.size(), kMaxClosingBytes));
+  queue_.push_back({static_cast<int>(kDoneLayer), 0, tokens, {}, std::move(closing)});
   finishing_ = true;
   cv_.notify_one();
 }
@@ -466,11 +474,14 @@ void KvSender::Run() {
         frame = std::move(queue_.front());
         queue_.pop_front();
       }
-      FrameHeader h{static_cast<uint32_t>(frame.layer), 0, static_cast<uint64_t>(frame.begin),
-                    static_cast<uint64_t>(frame.end)};
+      FrameHeader h{static_cast<uint32_t>(frame.layer), static_cast<uint32_t>(frame.closing.size()),
+                    static_cast<uint64_t>(frame.begin), static_cast<uint64_t>(frame.end)};
       absl::Status s = WriteFull(fd_, &h, sizeof h);
       if (s.ok() && !frame.rows.empty()) {
         s = WriteFull(fd_, frame.rows.data(), frame.rows.size() * sizeof(float));
+      }
+      if (s.ok() && !frame.closing.empty()) {
+        s = WriteFull(fd_, frame.closing.data(), frame.closing.size());
       }
       if (!s.ok()) {
         result = absl::UnavailableError(

@@ -87,9 +87,10 @@ class KvReceiver {
   int port() const { return port_; }
   // Frames for `transfer_id` go to engine request `request_id`, which awaits
   // `tokens` rows per layer. `on_done` runs once, on a receiver thread: OK
-  // once every row of every layer was imported, or the failure.
-  void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
-              std::function<void(absl::Status)> on_done);
+  // once every row of every layer was imported, with the sender's closing
+  // message (see KvSender::Finish), or the failure.
+  using DoneCallback = std::function<void(absl::Status status, std::string closing)>;
+  void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens, DoneCallback on_done);
   // The request ended: drop its transfer (and any connection still sending).
   void Forget(uint64_t transfer_id);
 
@@ -100,14 +101,14 @@ class KvReceiver {
   struct Expected {
     int64_t request_id = 0;
     int64_t tokens = 0;
-    std::function<void(absl::Status)> on_done;
+    DoneCallback on_done;
     int fd = -1;  // The connection serving it, once one does.
   };
   KvReceiver() = default;
   void AcceptLoop();
   void Serve(int fd);
   // Runs on_done once and forgets the transfer.
-  void Complete(uint64_t transfer_id, const absl::Status& status);
+  void Complete(uint64_t transfer_id, const absl::Status& status, std::string closing = "");
 
   KvLayout layout_;
   const PeerAuth* auth_ = nullptr;
@@ -141,9 +142,12 @@ class KvSender {
   ~KvSender();
 
   void Send(int layer, int64_t begin, int64_t end, std::vector<float> rows);
-  // Queues the end marker; `on_done` runs on the sender thread once all is
-  // written (OK) or the channel failed.
-  void Finish(int64_t tokens, std::function<void(absl::Status)> on_done);
+  // Queues the end marker with a closing message for the receiver (at most
+  // kMaxClosingBytes; prefill sends the first token there, so that decode
+  // has it with the last layer); `on_done` runs on the sender thread once
+  // all is written (OK) or the channel failed.
+  void Finish(int64_t tokens, std::string closing, std::function<void(absl::Status)> on_done);
+  static constexpr size_t kMaxClosingBytes = 1 << 16;
   // Stops at once and closes the connection.
   void Abort();
   uint64_t bytes_sent() const { return bytes_sent_.load(); }
@@ -153,6 +157,7 @@ class KvSender {
     int layer;
     int64_t begin, end;
     std::vector<float> rows;
+    std::string closing;  // The end marker's message.
   };
   void Run();
   absl::Status Connect();

@@ -50,6 +50,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       return;
     }
     logprobs_ = converted->sampling.logprobs;
+    state_->logprobs = logprobs_;
     start_ = absl::Now();
     std::shared_ptr<State> state = state_;
     // The sender belongs to the state: its callback must not own the state.
@@ -98,6 +99,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
     bool failed ABSL_GUARDED_BY(mu) = false;
     std::unique_ptr<KvSender> sender;  // Set before any callback can run.
     SampledToken first_token;          // Written before the sender's Finish.
+    int logprobs = 0;                  // Top alternatives to send with it.
 
     // The engine finished computing: ship the end marker, then answer.
     void OnEngineEvent(const TokenEvent& e) {
@@ -109,7 +111,12 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       first_token = e.token;
       KvSender* s = sender.get();
       // `this` lives on in the shared_ptr that the sender callbacks hold.
-      s->Finish(e.prompt_tokens, [this](absl::Status status) { Complete(status); });
+      // The first token rides on the end marker: decode can emit it as soon
+      // as the last layer lands, without waiting for this call's answer.
+      v1::GeneratedToken token;
+      ToProto(first_token, logprobs, &token);
+      s->Finish(e.prompt_tokens, token.SerializeAsString(),
+                [this](absl::Status status) { Complete(status); });
     }
     void Fail(const absl::Status& status) {
       EngineLoop* l;

@@ -55,17 +55,23 @@ struct Channel {
 TEST(KvTransportTest, LayersInChunksArriveWhereTheyBelong) {
   Channel c;
   std::promise<absl::Status> received, sent;
-  c.receiver->Expect(99, 7, 10, [&](absl::Status s) { received.set_value(s); });
+  std::string closing;
+  c.receiver->Expect(99, 7, 10, [&](absl::Status s, std::string message) {
+    closing = std::move(message);
+    received.set_value(s);
+  });
   {
     KvSender sender(c.address(), 99, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); });
     for (auto [begin, end] : std::vector<std::pair<int, int>>{{0, 4}, {4, 10}}) {
       for (int layer = 0; layer < 2; ++layer)
         sender.Send(layer, begin, end, Rows(layer, begin, end));
     }
-    sender.Finish(10, [&](absl::Status s) { sent.set_value(s); });
+    sender.Finish(10, std::string("first token\0!", 13),
+                  [&](absl::Status s) { sent.set_value(s); });
     EXPECT_TRUE(sent.get_future().get().ok());
     EXPECT_TRUE(received.get_future().get().ok());
   }
+  EXPECT_EQ(closing, std::string("first token\0!", 13));
   absl::MutexLock lock(&c.sink.mu_);
   EXPECT_EQ(c.sink.rows_.size(), 20u);
   EXPECT_EQ(c.sink.rows_[std::make_pair(1, int64_t{7})], (std::vector<float>{1070, 1071, 1072}));
@@ -73,7 +79,7 @@ TEST(KvTransportTest, LayersInChunksArriveWhereTheyBelong) {
 
 TEST(KvTransportTest, WrongSecretAndMismatchedLayoutAreRefused) {
   Channel c;
-  c.receiver->Expect(1, 7, 4, [](absl::Status) {});
+  c.receiver->Expect(1, 7, 4, [](absl::Status, std::string) {});
   for (auto [secret, layout, want] : std::vector<std::tuple<std::string, KvLayout, std::string>>{
            {"wrong", kLayout, "shared secret"},
            {"s3cret", KvLayout{"model-b", 2, 3, 16, "f32"}, "model mismatch"},
@@ -99,7 +105,7 @@ TEST(KvTransportTest, UnknownTransferIsRefused) {
 TEST(KvTransportTest, ASenderThatDiesFailsTheTransferAtOnce) {
   Channel c;
   std::promise<absl::Status> received;
-  c.receiver->Expect(5, 7, 10, [&](absl::Status s) { received.set_value(s); });
+  c.receiver->Expect(5, 7, 10, [&](absl::Status s, std::string) { received.set_value(s); });
   {
     KvSender sender(c.address(), 5, kLayout, "s3cret", [](absl::Status) {});
     sender.Send(0, 0, 10, Rows(0, 0, 10));
@@ -118,7 +124,7 @@ TEST(KvTransportTest, ASenderThatDiesFailsTheTransferAtOnce) {
 
 TEST(KvTransportTest, ForgottenTransferStopsTheSender) {
   Channel c;
-  c.receiver->Expect(6, 7, 1 << 20, [](absl::Status) {});
+  c.receiver->Expect(6, 7, 1 << 20, [](absl::Status, std::string) {});
   std::promise<absl::Status> failed;
   KvSender sender(c.address(), 6, kLayout, "s3cret", [&](absl::Status s) { failed.set_value(s); });
   sender.Send(0, 0, 4, Rows(0, 0, 4));
