@@ -108,14 +108,16 @@ int Main(int argc, char** argv) {
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fprintf(stderr,
                  "usage: baton-engine-bench MODEL_DIR [--quick] [--json FILE] [--batch N]\n"
-                 "                          [--context N] [--steps N] [--no-prefill]\n"
+                 "                          [--context N] [--steps N] [--no-prefill] [--bf16]\n"
                  "Decode tokens/s at batch 1, 8, 32 and contexts 16 and 2048, prefill tokens/s,\n"
                  "each against a roofline measured in the same run. --batch and --context\n"
-                 "restrict decode to one point (for profiling); --steps sets decode steps.\n");
+                 "restrict decode to one point (for profiling); --steps sets decode steps;\n"
+                 "--bf16 runs the weight products with BF16 activations where the CPU can.\n");
     return 2;
   }
   const std::string dir = argv[1];
   bool quick = false, prefill = true;
+  ModelLoadOptions options;
   std::string json_path;
   std::vector<int> batches = {1, 8, 32}, contexts = {16, 2048};
   int steps = 0;
@@ -124,6 +126,7 @@ int Main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (arg == "--quick") quick = true;
     if (arg == "--no-prefill") prefill = false;
+    if (arg == "--bf16") options.precision = kernels::Precision::kBf16;
     if (arg == "--json" && has_value) json_path = argv[++i];
     if (arg == "--batch" && has_value) batches = {std::atoi(argv[++i])};
     if (arg == "--context" && has_value) contexts = {std::atoi(argv[++i])};
@@ -131,7 +134,7 @@ int Main(int argc, char** argv) {
   }
   if (steps == 0) steps = quick ? 6 : 12;
   ThreadPool pool(0);
-  auto model = DeepseekModel::Load(dir, {});
+  auto model = DeepseekModel::Load(dir, options);
   if (!model.ok()) {
     std::fprintf(stderr, "baton-engine-bench: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -141,6 +144,7 @@ int Main(int argc, char** argv) {
   out["model"] = dir;
   out["threads"] = pool.num_threads();
   out["isa"] = kernels::IsaName();
+  out["precision"] = (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32";
   out["weight_bytes"] = (*model)->weight_bytes();
   const double bandwidth = MeasureReadBandwidth(pool, int64_t{1} << 30, quick ? 3 : 7);
   const double fp32_peak = MeasurePeakFp32Flops(pool);
@@ -150,9 +154,10 @@ int Main(int argc, char** argv) {
                      {"bf16_gflops", bf16_peak / 1e9}};
   std::printf("%s\n",
               absl::StrFormat("roofline: DRAM read %.1f GB/s, fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s "
-                              "(%d threads, %s)",
+                              "(%d threads, %s, %s activations)",
                               bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9, pool.num_threads(),
-                              kernels::IsaName())
+                              kernels::IsaName(),
+                              (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32")
                   .c_str());
   for (int context : contexts) {
     if (context + steps + 1 > c.max_position_embeddings) continue;

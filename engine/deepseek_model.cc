@@ -59,11 +59,11 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(
   load.force_f32 = options.force_f32_weights;
   if (options.show_progress && isatty(STDERR_FILENO)) load.progress = ProgressBar;
   BATON_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(config, *checkpoint, load));
-  return FromWeights(std::move(config), std::move(weights));
+  return FromWeights(std::move(config), std::move(weights), options.precision);
 }
 
-absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(ModelConfig config,
-                                                                          ModelWeights weights) {
+absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(
+    ModelConfig config, ModelWeights weights, kernels::Precision precision) {
   if (static_cast<int>(weights.layers.size()) != config.num_hidden_layers) {
     return absl::InvalidArgumentError("weights do not match the config's layer count");
   }
@@ -91,7 +91,14 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(ModelC
   }
   // A tied head is the embedding; At() reads either layout.
   pack(weights.lm_head.empty() ? weights.embed : weights.lm_head);
-  return std::unique_ptr<DeepseekModel>(new DeepseekModel(std::move(config), std::move(weights)));
+  auto model =
+      std::unique_ptr<DeepseekModel>(new DeepseekModel(std::move(config), std::move(weights)));
+  // BF16 only where it runs as BF16: the effective precision is part of a
+  // worker's identity in disaggregated serving.
+  if (precision == kernels::Precision::kBf16 && kernels::HasBf16DotProducts()) {
+    model->precision_ = precision;
+  }
+  return model;
 }
 
 absl::Status DeepseekModel::Forward(const std::vector<ForwardChunk>& batch, KvCache& cache,
@@ -181,7 +188,8 @@ absl::Status DeepseekModel::Forward(const std::vector<ForwardChunk>& batch, KvCa
                      &ws.xn[r * hidden]);
   }
   logits->resize(n * c.vocab_size);
-  kernels::MatMul(ws.xn.data(), hidden, n, weights_.head(), logits->data(), c.vocab_size, pool);
+  kernels::MatMul(ws.xn.data(), hidden, n, weights_.head(), logits->data(), c.vocab_size, pool,
+                  precision_);
   if (n > 0) Account(weights_.head(), n);
   stats_.weight_bytes += total * hidden * DTypeSize(weights_.embed.dtype);  // Embedding rows.
   return absl::OkStatus();
@@ -206,18 +214,18 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   if (c.q_lora_rank > 0) {
     const int64_t qr = c.q_lora_rank;
     EnsureSize(ws.q_a, T * qr);
-    kernels::MatMul(ws.xn.data(), hidden, T, a.q_a, ws.q_a.data(), qr, pool);
+    kernels::MatMul(ws.xn.data(), hidden, T, a.q_a, ws.q_a.data(), qr, pool, precision_);
     for (int64_t i = 0; i < T; ++i) {
       kernels::RmsNorm(&ws.q_a[i * qr], a.q_a_norm.data(), qr, c.rms_norm_eps, &ws.q_a[i * qr]);
     }
-    kernels::MatMul(ws.q_a.data(), qr, T, a.q_b, ws.q.data(), heads * qk, pool);
+    kernels::MatMul(ws.q_a.data(), qr, T, a.q_b, ws.q.data(), heads * qk, pool, precision_);
   } else {
-    kernels::MatMul(ws.xn.data(), hidden, T, a.q_b, ws.q.data(), heads * qk, pool);
+    kernels::MatMul(ws.xn.data(), hidden, T, a.q_b, ws.q.data(), heads * qk, pool, precision_);
   }
 
   // The compressed KV: normalized latent and roped key, straight into the cache.
   EnsureSize(ws.kv, T * width);
-  kernels::MatMul(ws.xn.data(), hidden, T, a.kv_a, ws.kv.data(), width, pool);
+  kernels::MatMul(ws.xn.data(), hidden, T, a.kv_a, ws.kv.data(), width, pool, precision_);
   std::vector<float> cos(rope / 2), sin(rope / 2);
   EnsureSize(ws.q_full, T * heads * width);
   for (int64_t i = 0; i < T; ++i) {
@@ -245,7 +253,7 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   pool.ParallelFor(heads, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t h = h0; h < h1; ++h) {
       kernels::MatMulRows(&ws.q[h * qk], heads * qk, T, a.k_up_t, h * lora, (h + 1) * lora,
-                          &ws.q_full[h * width], heads * width);
+                          &ws.q_full[h * width], heads * width, precision_);
     }
   });
 
@@ -264,10 +272,10 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   pool.ParallelFor(heads, 1, [&](int64_t h0, int64_t h1) {
     for (int64_t h = h0; h < h1; ++h) {
       kernels::MatMulRows(&ws.o_latent[h * lora], heads * lora, T, a.v_up, h * vdim, (h + 1) * vdim,
-                          &ws.attn_v[h * vdim], heads * vdim);
+                          &ws.attn_v[h * vdim], heads * vdim, precision_);
     }
   });
-  kernels::MatMul(ws.attn_v.data(), heads * vdim, T, a.o, ws.out.data(), hidden, pool);
+  kernels::MatMul(ws.attn_v.data(), heads * vdim, T, a.o, ws.out.data(), hidden, pool, precision_);
 }
 
 // Attention over the latent cache, per token: scores of every head against
@@ -381,12 +389,12 @@ void DeepseekModel::Mlp(const MlpWeights& mlp, const float* x, int64_t rows, flo
   const int64_t hidden = config_.hidden_size, inter = mlp.inter;
   Workspace& ws = ws_;
   EnsureSize(ws.mlp_hidden, rows * 2 * inter);
-  kernels::MatMul(x, hidden, rows, mlp.gate_up, ws.mlp_hidden.data(), 2 * inter, pool);
+  kernels::MatMul(x, hidden, rows, mlp.gate_up, ws.mlp_hidden.data(), 2 * inter, pool, precision_);
   for (int64_t r = 0; r < rows; ++r) {
     float* h = &ws.mlp_hidden[r * 2 * inter];
     for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
   }
-  kernels::MatMul(ws.mlp_hidden.data(), 2 * inter, rows, mlp.down, out, hidden, pool);
+  kernels::MatMul(ws.mlp_hidden.data(), 2 * inter, rows, mlp.down, out, hidden, pool, precision_);
   Account(mlp.gate_up, rows);
   Account(mlp.down, rows);
 }
@@ -446,7 +454,8 @@ void DeepseekModel::Moe(const MoeWeights& moe, ThreadPool& pool) {
   Workspace& ws = ws_;
   const int64_t T = ws.tokens, hidden = c.hidden_size, n = c.n_routed_experts;
   EnsureSize(ws.router_logits, T * n);
-  kernels::MatMul(ws.xn.data(), hidden, T, moe.router, ws.router_logits.data(), n, pool);
+  kernels::MatMul(ws.xn.data(), hidden, T, moe.router, ws.router_logits.data(), n, pool,
+                  precision_);
   Account(moe.router, T);
 
   // Group the tokens by expert so that each expert's weights are read once.

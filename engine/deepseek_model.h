@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/kernels.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"
 #include "engine/thread_pool.h"
@@ -49,6 +50,10 @@ struct ForwardStats {
 struct ModelLoadOptions {
   bool force_f32_weights = false;
   bool show_progress = false;  // A progress bar on stderr.
+  // kBf16: BF16 activations in the weight products where the CPU has BF16
+  // dot products (see kernels::Precision); the default computes in fp32,
+  // the numerical reference.
+  kernels::Precision precision = kernels::Precision::kF32;
 };
 
 class DeepseekModel {
@@ -56,10 +61,13 @@ class DeepseekModel {
   // Reads DIR/config.json and the safetensors weights.
   static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
                                                              const ModelLoadOptions& options);
-  static absl::StatusOr<std::unique_ptr<DeepseekModel>> FromWeights(ModelConfig config,
-                                                                    ModelWeights weights);
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> FromWeights(
+      ModelConfig config, ModelWeights weights,
+      kernels::Precision precision = kernels::Precision::kF32);
 
   const ModelConfig& config() const { return config_; }
+  // The activation precision the products actually run at on this CPU.
+  kernels::Precision precision() const { return precision_; }
   const ModelWeights& weights() const { return weights_; }
   size_t weight_bytes() const { return weights_.bytes; }
 
@@ -96,6 +104,7 @@ class DeepseekModel {
   std::vector<float> inv_freq_;
   float cos_sin_scale_;
   float softmax_scale_;
+  kernels::Precision precision_ = kernels::Precision::kF32;
 
   // Workspace reused across calls; sized for the largest batch seen.
   struct Workspace {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "engine/kernels_avx2.h"
 #include "engine/kernels_avx512.h"
@@ -36,6 +37,22 @@ Isa CurrentIsa() {
 }
 
 bool HasAvx512() { return CurrentIsa() == Isa::kAvx512; }
+
+bool DetectBf16() { return HasAvx512() && __builtin_cpu_supports("avx512bf16"); }
+
+bool UseBf16(const Matrix& w, Precision precision) {
+  return precision == Precision::kBf16 && w.dtype == DType::kBF16 && w.panels &&
+         HasBf16DotProducts();
+}
+
+// Rows of x rounded to BF16, each zero-padded to `padded` columns.
+void ToBf16Rows(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t padded,
+                std::vector<uint16_t>* out) {
+  out->assign(static_cast<size_t>(m * padded), 0);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t c = 0; c < k; ++c) (*out)[i * padded + c] = FloatToBf16(x[i * ldx + c]);
+  }
+}
 bool HasAvx2() { return CurrentIsa() == Isa::kAvx2; }
 
 template <typename LoadW>
@@ -53,6 +70,11 @@ void MatMulRowsGeneric(const float* x, int64_t ldx, int64_t m, int64_t k, LoadW 
 
 }  // namespace
 
+bool HasBf16DotProducts() {
+  static const bool has = DetectBf16();
+  return has;
+}
+
 const char* IsaName() {
   switch (CurrentIsa()) {
     case Isa::kAvx512:
@@ -66,7 +88,13 @@ const char* IsaName() {
 }
 
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
-                int64_t row_end, float* y, int64_t ldy) {
+                int64_t row_end, float* y, int64_t ldy, Precision precision) {
+  if (UseBf16(w, precision)) {
+    thread_local std::vector<uint16_t> xb;
+    ToBf16Rows(x, ldx, m, w.cols, w.padded_cols(), &xb);
+    avx512::MatMulRowsBf16(xb.data(), w.padded_cols(), m, w, row_begin, row_end, y, ldy);
+    return;
+  }
   if (HasAvx512()) {
     avx512::MatMulRows(x, ldx, m, w, row_begin, row_end, y, ldy);
     return;
@@ -81,7 +109,9 @@ void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t
 }
 
 void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
-            ThreadPool& pool) {
+            ThreadPool& pool, Precision precision) {
+  const bool bf16 = UseBf16(w, precision);
+  std::vector<uint16_t> xb;
   // Panels of x rows keep the activations cache-resident while every thread
   // streams its own contiguous slice of weight rows.
   constexpr int64_t kPanel = 64;
@@ -93,6 +123,15 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
     int64_t grain =
         std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, rows * w.cols));
     grain = (grain + kPanelRows - 1) / kPanelRows * kPanelRows;
+    if (bf16) {
+      // Rounded once per panel, not once per chunk.
+      const int64_t padded = w.padded_cols();
+      ToBf16Rows(x + i0 * ldx, ldx, rows, w.cols, padded, &xb);
+      pool.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
+        avx512::MatMulRowsBf16(xb.data(), padded, rows, w, begin, end, y + i0 * ldy + begin, ldy);
+      });
+      continue;
+    }
     pool.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
       MatMulRows(x + i0 * ldx, ldx, rows, w, begin, end, y + i0 * ldy + begin, ldy);
     });

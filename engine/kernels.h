@@ -15,16 +15,26 @@ namespace baton::kernels {
 // The instruction set the dispatching kernels use ("avx512" or "generic").
 const char* IsaName();
 
+// How activations enter the matrix products. kBf16 rounds them to BF16 and
+// uses the CPU's BF16 dot products (AVX512_BF16) on BF16 weights in panels:
+// twice the fp32 FMA rate, at BF16 precision of the activations. Where that
+// cannot apply (F32 weights, a CPU without the instructions) the product is
+// computed in fp32 as with kF32. Either way a row's result never depends on
+// the other rows of the batch.
+enum class Precision { kF32, kBf16 };
+// Whether kBf16 runs BF16 dot products on this CPU.
+bool HasBf16DotProducts();
+
 // y[i][j] = sum_k x[i][k] * w[j][k] for i < m, j < w.rows, k < w.cols; x has
 // leading dimension ldx, y has leading dimension ldy. Each weight row is read
 // once for all m rows of x (m small: decode) or once per 64-row panel.
 void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
-            ThreadPool& pool);
+            ThreadPool& pool, Precision precision = Precision::kF32);
 // The same on rows [row_begin, row_end) of w only, single-threaded; y column
 // 0 is weight row row_begin. When w is in panels, row_begin must be a
 // multiple of kPanelRows.
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
-                int64_t row_end, float* y, int64_t ldy);
+                int64_t row_end, float* y, int64_t ldy, Precision precision = Precision::kF32);
 
 // y[i][j] = sum_c x[i][c] * rows[j][c] for i < m, j < n, c < k, where rows is
 // a dense F32 [n][k] block (a block of the KV cache), single-threaded.

@@ -82,8 +82,9 @@ BATON_AVX2 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* panel
   __m256 acc[4][T];
   for (int r = 0; r < 4; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-  // Element (r, c) of the panel is at (c / 16) * 64 + r * 16 + c % 16.
-  auto at = [panel](int r, int64_t c) { return panel + (c / 16) * 64 + r * 16 + c % 16; };
+  auto at = [panel](int r, int64_t c) {
+    return panel + (c / kPanelCols) * 4 * kPanelCols + r * kPanelCols + c % kPanelCols;
+  };
   const int64_t k8 = k / 8 * 8;
   for (int64_t c = 0; c < k8; c += 8) {
     __m256 xv[T];

@@ -81,13 +81,14 @@ BATON_AVX512 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* pan
   __m512 acc[4][T];
   for (int r = 0; r < 4; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  const W* p = panel;
-  for (int64_t c = 0; c < k; c += 16, p += 64) {
+  for (int64_t c = 0; c < k; c += 16) {
+    // Row r of columns [c, c + 16) within its 32-column slice.
+    const W* p = panel + (c / kPanelCols) * 4 * kPanelCols + c % kPanelCols;
     const __mmask16 mask = k - c >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - c)) - 1);
     __m512 xv[T];
     for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * ldx + c);
     for (int r = 0; r < 4; ++r) {
-      const __m512 wv = LoadWeights(p + 16 * r, 0xffff);  // Padding is zero.
+      const __m512 wv = LoadWeights(p + kPanelCols * r, 0xffff);  // Padding is zero.
       for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
     }
   }
@@ -187,6 +188,64 @@ BATON_AVX512 void Axpy(float a, const float* x, float* y, int64_t n) {
     const __mmask16 mask = n - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - i)) - 1);
     const __m512 yv = _mm512_maskz_loadu_ps(mask, y + i);
     _mm512_mask_storeu_ps(y + i, mask, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, x + i), yv));
+  }
+}
+
+#define BATON_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+namespace {
+
+// The BF16 counterpart of PanelTile: each instruction multiplies 16 pairs of
+// adjacent columns and adds both products to a float lane, so one 32-column
+// slice of a row is one instruction per token. Per (row, token) the order of
+// operations never depends on T, so batching stays invisible.
+template <int T>
+BATON_AVX512_BF16 void PanelTileBf16(const uint16_t* xb, int64_t ldxb, int64_t padded,
+                                     const uint16_t* panel, int rows, float* y, int64_t ldy) {
+  __m512 acc[4][T];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < padded; c += kPanelCols, panel += 4 * kPanelCols) {
+    __m512bh xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(xb + t * ldxb + c);
+    for (int r = 0; r < 4; ++r) {
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(panel + kPanelCols * r);
+      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], wv, xv[t]);
+    }
+  }
+  float sums[4][T];
+  for (int r = 0; r < 4; ++r)
+    for (int t = 0; t < T; ++t) sums[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+  for (int r = 0; r < rows; ++r)
+    for (int t = 0; t < T; ++t) y[t * ldy + r] = sums[r][t];
+}
+
+}  // namespace
+
+BATON_AVX512_BF16 void MatMulRowsBf16(const uint16_t* xb, int64_t ldxb, int64_t m, const Matrix& w,
+                                      int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
+  const int64_t padded = w.padded_cols(), stride = 4 * padded;
+  for (int64_t j = row_begin; j < row_end; j += 4) {
+    const uint16_t* panel = w.bf16() + j / 4 * stride;
+    const int rows = static_cast<int>(std::min<int64_t>(4, row_end - j));
+    float* yj = y + (j - row_begin);
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) {
+      PanelTileBf16<4>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
+    }
+    switch (m - i) {
+      case 3:
+        PanelTileBf16<3>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
+        break;
+      case 2:
+        PanelTileBf16<2>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
+        break;
+      case 1:
+        PanelTileBf16<1>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
+        break;
+      default:
+        break;
+    }
   }
 }
 

@@ -16,6 +16,12 @@ void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_
 float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, float* y, int64_t n);
 
+// With BF16 dot products (AVX512_BF16; call only when the CPU has them): y
+// = x w^T for a BF16 matrix in panels, x already rounded to BF16 and padded
+// with zeros to w.padded_cols() columns (row stride ldxb).
+void MatMulRowsBf16(const uint16_t* xb, int64_t ldxb, int64_t m, const Matrix& w, int64_t row_begin,
+                    int64_t row_end, float* y, int64_t ldy);
+
 }  // namespace baton::kernels::avx512
 
 #endif  // BATON_ENGINE_KERNELS_AVX512_H_

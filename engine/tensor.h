@@ -38,13 +38,14 @@ class AlignedBuffer {
 //
 // Storage is row-major, or, after ToPanels(), in panels: groups of
 // kPanelRows rows whose columns interleave in kPanelCols-wide slices (row
-// group g, column slice s holds rows 4g..4g+3 of columns 16s..16s+15, one
+// group g, column slice s holds rows 4g..4g+3 of columns 32s..32s+31, one
 // row after the other), with rows and columns padded by zeros to whole
-// panels. A kernel tile of kPanelRows rows then reads one sequential stream
+// panels. 32 columns of BF16 are one 64-byte vector: the unit of a BF16
+// dot-product instruction. A kernel tile of kPanelRows rows then reads one sequential stream
 // instead of four rows far apart, which is what lets a decode GEMV run at the
 // memory bandwidth. Index() and At() hide the layout.
 inline constexpr int64_t kPanelRows = 4;
-inline constexpr int64_t kPanelCols = 16;
+inline constexpr int64_t kPanelCols = 32;
 
 struct Matrix {
   DType dtype = DType::kF32;

@@ -376,7 +376,7 @@ KvSender::~KvSender() {
 void KvSender::Send(int layer, int64_t begin, int64_t end, std::vector<float> rows) {
   std::lock_guard<std::mutex> lock(mu_);
   if (aborted_ || failed_) return;
-  queue_.push_back({layer, begin, end, std::move(rows)});
+  queue_.push_back({layer, begin, end, std::move(rows), {}});
   cv_.notify_one();
 }
 

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "engine/engine_loop.h"
+#include "engine/kernels.h"
 #include "engine/tokenizer.h"
 #include "service/cli/commands.h"
 #include "service/cli/flag_set.h"
@@ -37,6 +38,7 @@ struct ServeFlags {
   int64_t max_tokens_limit = 4096;
   double drain_timeout_s = 30;
   bool f32_weights = false;
+  std::string activations = "fp32";
   std::string secret, secret_file;
   int64_t data_port = 0;
   std::string advertise_host;
@@ -117,6 +119,11 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   flags.Double("drain-timeout", &f.drain_timeout_s,
                "seconds running requests may take to finish after SIGTERM");
   flags.Bool("f32-weights", &f.f32_weights, "keep BF16 weights as F32 in memory");
+  flags.String("activations", &f.activations,
+               "fp32 (the numerical reference) or bf16: round activations to BF16 in the "
+               "weight products and use the CPU's BF16 dot products (AVX512_BF16), about 2x "
+               "faster prefill and batched decode; fp32 where the CPU lacks them. Prefill and "
+               "decode workers must agree");
   if (role != ProcessRole::kServe) {
     flags.String("secret", &f.secret, "the deployment's shared secret for worker-to-worker calls");
     flags.String("secret-file", &f.secret_file, "read the shared secret from this file");
@@ -149,6 +156,16 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   ModelLoadOptions load;
   load.force_f32_weights = f.f32_weights;
   load.show_progress = true;
+  if (f.activations == "bf16") {
+    load.precision = kernels::Precision::kBf16;
+    if (!kernels::HasBf16DotProducts()) {
+      std::fprintf(stderr,
+                   "baton %s: --activations bf16: this CPU has no AVX512_BF16; using fp32\n",
+                   name.c_str());
+    }
+  } else if (f.activations != "fp32") {
+    return Fail(absl::StrCat("--activations: \"", f.activations, "\" is not fp32 or bf16"));
+  }
   auto model = DeepseekModel::Load(f.model, load);
   if (!model.ok()) return Fail(std::string(model.status().message()));
   std::unique_ptr<Tokenizer> tokenizer;
@@ -199,7 +216,10 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   // internal service.
   const ModelConfig& config = loop.config();
   KvLayout layout;
-  layout.fingerprint = ModelFingerprint(f.model, loop.engine().model().weight_bytes());
+  // The activation precision changes the KV's values: part of the identity.
+  layout.fingerprint =
+      absl::StrCat(ModelFingerprint(f.model, loop.engine().model().weight_bytes()),
+                   loop.engine().model().precision() == kernels::Precision::kBf16 ? "-bf16" : "");
   layout.layers = config.num_hidden_layers;
   layout.width = config.kv_cache_width();
   layout.block_size = static_cast<int>(f.kv_block_size);

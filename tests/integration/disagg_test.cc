@@ -9,6 +9,7 @@
 
 #include "baton/internal/v1/worker.grpc.pb.h"
 #include "baton/v1/inference.grpc.pb.h"
+#include "engine/kernels.h"
 #include "engine/safetensors.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
@@ -107,11 +108,12 @@ double SettledMetric(int port, const std::string& name, double want) {
 class Deployment {
  public:
   Deployment(int prefills, int decodes, std::vector<std::string> router_extra = {},
-             std::vector<std::string> prefill_extra = {},
-             const std::string& decode_model = kTinyA) {
+             std::vector<std::string> prefill_extra = {}, const std::string& decode_model = kTinyA,
+             std::vector<std::string> decode_extra = {}) {
     for (int i = 0; i < decodes; ++i) {
-      decode.push_back(std::make_unique<BatonProcess>(
-          "decode", std::vector<std::string>{"--model", decode_model, "--secret", kSecret}));
+      std::vector<std::string> args = {"--model", decode_model, "--secret", kSecret};
+      args.insert(args.end(), decode_extra.begin(), decode_extra.end());
+      decode.push_back(std::make_unique<BatonProcess>("decode", args));
     }
     for (int i = 0; i < prefills; ++i) {
       std::vector<std::string> args = {"--model", kTinyA, "--secret", kSecret};
@@ -165,6 +167,32 @@ TEST(DisaggTest, GoldenPromptIsBitIdenticalToColocatedServing) {
     }
     EXPECT_EQ(remote, 2 * prefills) << "every request went through a prefill worker";
   }
+}
+
+// BF16 activations are a different computation: still bit-identical between
+// colocated and disaggregated serving when both sides use them, and refused
+// at the handshake when only one side does.
+TEST(DisaggTest, Bf16ActivationsAreBitIdenticalAndMustMatch) {
+  const std::vector<uint32_t> prompt = GoldenIds("input_ids");
+  const std::vector<std::string> bf16 = {"--activations", "bf16"};
+  BatonServer serve(kTinyA, bf16);
+  ASSERT_TRUE(serve.ok());
+  const StreamResult colocated = Generate(serve.address(), Request(prompt, 20, 3));
+  ASSERT_TRUE(colocated.status.ok()) << colocated.status.error_message();
+  {
+    Deployment d(1, 1, {}, bf16, kTinyA, bf16);
+    ASSERT_TRUE(d.ok());
+    const StreamResult r = Generate(d.router->address(), Request(prompt, 20, 3));
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.ids, colocated.ids);
+    EXPECT_EQ(r.logprobs, colocated.logprobs);
+  }
+  if (!kernels::HasBf16DotProducts()) GTEST_SKIP() << "no AVX512_BF16: both sides ran fp32";
+  Deployment mixed(1, 1, {}, bf16);  // The decode worker computes in fp32.
+  ASSERT_TRUE(mixed.ok());
+  const StreamResult r = Generate(mixed.router->address(), Request(prompt, 4));
+  EXPECT_EQ(r.status.error_code(), grpc::FAILED_PRECONDITION) << r.status.error_message();
+  EXPECT_THAT(r.status.error_message(), HasSubstr("mismatch"));
 }
 
 TEST(DisaggTest, ShortPromptsArePrefilledByTheDecodeWorker) {

@@ -85,6 +85,34 @@ TEST(KernelsTest, PanelLayoutGivesBitIdenticalProducts) {
   }
 }
 
+// BF16 activations: the product of x rounded to BF16 with the BF16 weights,
+// accumulated in fp32; a row's result is the same alone or in a batch.
+TEST(KernelsTest, Bf16PrecisionRoundsActivationsAndStaysBatchInvariant) {
+  if (!kernels::HasBf16DotProducts()) GTEST_SKIP() << "this CPU has no AVX512_BF16";
+  std::mt19937 rng(5);
+  ThreadPool pool(2);
+  for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{
+           {1, 5, 7}, {3, 13, 100}, {9, 64, 576}, {70, 21, 64}}) {
+    const Matrix w = RandomMatrix(DType::kBF16, n, k, rng).ToPanels();
+    std::vector<float> x(m * k);
+    std::normal_distribution<float> dist;
+    for (float& v : x) v = dist(rng);
+    std::vector<float> y(m * n);
+    kernels::MatMul(x.data(), k, m, w, y.data(), n, pool, kernels::Precision::kBf16);
+    for (int i = 0; i < m; ++i) {
+      std::vector<float> alone(n);
+      kernels::MatMulRows(&x[i * k], k, 1, w, 0, n, alone.data(), n, kernels::Precision::kBf16);
+      for (int j = 0; j < n; ++j) {
+        double want = 0;
+        for (int c = 0; c < k; ++c)
+          want += double{Bf16ToFloat(FloatToBf16(x[i * k + c]))} * w.At(j, c);
+        EXPECT_NEAR(y[i * n + j], want, 1e-4 * std::sqrt(k) + 1e-5) << "m=" << m << " k=" << k;
+        ASSERT_EQ(alone[j], y[i * n + j]) << "row " << i << " differs alone and in a batch";
+      }
+    }
+  }
+}
+
 TEST(KernelsTest, RmsNormSoftmaxRope) {
   std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
   kernels::RmsNorm(x.data(), w.data(), 4, 0.f, out.data());
