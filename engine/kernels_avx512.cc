@@ -81,15 +81,20 @@ BATON_AVX512 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* pan
   __m512 acc[4][T];
   for (int r = 0; r < 4; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < k; c += 16) {
-    // Row r of columns [c, c + 16) within its 32-column slice.
-    const W* p = panel + (c / kPanelCols) * 4 * kPanelCols + c % kPanelCols;
-    const __mmask16 mask = k - c >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - c)) - 1);
-    __m512 xv[T];
-    for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * ldx + c);
-    for (int r = 0; r < 4; ++r) {
-      const __m512 wv = LoadWeights(p + kPanelCols * r, 0xffff);  // Padding is zero.
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+  // One 32-column slice (4 rows x 32) per iteration, as two 16-column halves.
+  const W* p = panel;
+  for (int64_t c = 0; c < k; c += kPanelCols, p += 4 * kPanelCols) {
+    for (int half = 0; half < 2; ++half) {
+      const int64_t ch = c + 16 * half;
+      if (ch >= k) break;
+      const __mmask16 mask = k - ch >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - ch)) - 1);
+      __m512 xv[T];
+      for (int t = 0; t < T; ++t) xv[t] = _mm512_maskz_loadu_ps(mask, x + t * ldx + ch);
+      for (int r = 0; r < 4; ++r) {
+        // Padding is zero.
+        const __m512 wv = LoadWeights(p + kPanelCols * r + 16 * half, 0xffff);
+        for (int t = 0; t < T; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+      }
     }
   }
   // Reduce with constant indices only: a runtime index into acc would make
