@@ -415,7 +415,11 @@ TEST(ServeQueueTest, FullQueueGivesResourceExhausted) {
     }
   }
   EXPECT_GE(refused, 1);
-  EXPECT_GE(completed, 2);
+  // A request waits in the queue until the engine loop admits it, so whether
+  // the second one finds the queue free depends on timing: at least the
+  // first completes, and none is lost.
+  EXPECT_GE(completed, 1);
+  EXPECT_EQ(refused + completed, 10);
 }
 
 // Server reflection lists the public service (grpc.reflection.v1alpha, the
