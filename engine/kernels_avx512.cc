@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #define BATON_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -106,31 +107,43 @@ BATON_AVX512 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* pan
     for (int t = 0; t < T; ++t) y[t * ldy + r] = sums[r][t];
 }
 
-template <typename W>
-BATON_AVX512 void MatMulPanels(const float* x, int64_t ldx, int64_t m, const Matrix& w,
-                               const W* data, int64_t row_begin, int64_t row_end, float* y,
-                               int64_t ldy) {
-  const int64_t k = w.cols, stride = 4 * w.padded_cols();
+// Calls tile(tokens, j, i, rows) for every 4-row panel j of [row_begin,
+// row_end) (`rows` of them real) and every group of tokens from i, `tokens`
+// (an integral_constant: 4, 3, 2 or 1) at a time: the loops the fp32 and the
+// BF16 panel products share.
+template <typename TileFn>
+BATON_AVX512 inline void ForEachPanelTile(int64_t m, int64_t row_begin, int64_t row_end,
+                                          TileFn&& tile) {
   for (int64_t j = row_begin; j < row_end; j += 4) {
-    const W* panel = data + j / 4 * stride;
     const int rows = static_cast<int>(std::min<int64_t>(4, row_end - j));
-    float* yj = y + (j - row_begin);
     int64_t i = 0;
-    for (; i + 4 <= m; i += 4) PanelTile<4>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+    for (; i + 4 <= m; i += 4) tile(std::integral_constant<int, 4>(), j, i, rows);
     switch (m - i) {
       case 3:
-        PanelTile<3>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+        tile(std::integral_constant<int, 3>(), j, i, rows);
         break;
       case 2:
-        PanelTile<2>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+        tile(std::integral_constant<int, 2>(), j, i, rows);
         break;
       case 1:
-        PanelTile<1>(x + i * ldx, ldx, k, panel, rows, yj + i * ldy, ldy);
+        tile(std::integral_constant<int, 1>(), j, i, rows);
         break;
       default:
         break;
     }
   }
+}
+
+template <typename W>
+BATON_AVX512 void MatMulPanels(const float* x, int64_t ldx, int64_t m, const Matrix& w,
+                               const W* data, int64_t row_begin, int64_t row_end, float* y,
+                               int64_t ldy) {
+  const int64_t k = w.cols, stride = 4 * w.padded_cols();
+  ForEachPanelTile(m, row_begin, row_end,
+                   [&](auto tokens, int64_t j, int64_t i, int rows) BATON_AVX512 {
+                     PanelTile<decltype(tokens)::value>(x + i * ldx, ldx, k, data + j / 4 * stride,
+                                                        rows, y + (j - row_begin) + i * ldy, ldy);
+                   });
 }
 
 }  // namespace
@@ -230,28 +243,12 @@ BATON_AVX512_BF16 void PanelTileBf16(const uint16_t* xb, int64_t ldxb, int64_t p
 BATON_AVX512_BF16 void MatMulRowsBf16(const uint16_t* xb, int64_t ldxb, int64_t m, const Matrix& w,
                                       int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
   const int64_t padded = w.padded_cols(), stride = 4 * padded;
-  for (int64_t j = row_begin; j < row_end; j += 4) {
-    const uint16_t* panel = w.bf16() + j / 4 * stride;
-    const int rows = static_cast<int>(std::min<int64_t>(4, row_end - j));
-    float* yj = y + (j - row_begin);
-    int64_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-      PanelTileBf16<4>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
-    }
-    switch (m - i) {
-      case 3:
-        PanelTileBf16<3>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
-        break;
-      case 2:
-        PanelTileBf16<2>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
-        break;
-      case 1:
-        PanelTileBf16<1>(xb + i * ldxb, ldxb, padded, panel, rows, yj + i * ldy, ldy);
-        break;
-      default:
-        break;
-    }
-  }
+  ForEachPanelTile(m, row_begin, row_end,
+                   [&](auto tokens, int64_t j, int64_t i, int rows) BATON_AVX512_BF16 {
+                     PanelTileBf16<decltype(tokens)::value>(xb + i * ldxb, ldxb, padded,
+                                                            w.bf16() + j / 4 * stride, rows,
+                                                            y + (j - row_begin) + i * ldy, ldy);
+                   });
 }
 
 }  // namespace baton::kernels::avx512

@@ -83,7 +83,8 @@ __global__ void MatMulBf16Kernel(const float* x, const uint16_t* w, int64_t m, i
   if (lane == 0) y[i * rows + j] = sum;
 }
 
-__global__ void RopeKernel(float* x, int64_t rows, int64_t dim, const float* cos, const float* sin) {
+__global__ void RopeKernel(float* x, int64_t rows, int64_t dim, const float* cos,
+                           const float* sin) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t half = dim / 2;
   if (idx >= rows * half) return;
@@ -96,13 +97,12 @@ __global__ void RopeKernel(float* x, int64_t rows, int64_t dim, const float* cos
 
 // Copies `count` elements to a new device buffer.
 template <typename T>
-absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t count,
-                                                     cudaStream_t s) {
+absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t count, cudaStream_t s) {
   auto buffer = std::make_unique<DeviceBuffer>(sizeof(T) * count);
   if (!buffer->status().ok()) return buffer->status();
-  absl::Status copied = Check(
-      cudaMemcpyAsync(buffer->get<T>(), host, sizeof(T) * count, cudaMemcpyHostToDevice, s),
-      "upload");
+  absl::Status copied =
+      Check(cudaMemcpyAsync(buffer->get<T>(), host, sizeof(T) * count, cudaMemcpyHostToDevice, s),
+            "upload");
   if (!copied.ok()) return copied;
   return buffer;
 }
@@ -132,7 +132,7 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
   DeviceBuffer dout(sizeof(float) * rows * n);
   if (!dout.status().ok()) return dout.status();
   RmsNormKernel<<<rows, 256, 0, stream.get()>>>((*dx)->get<float>(), (*dw)->get<float>(), n, eps,
-                                               dout.get<float>());
+                                                dout.get<float>());
   if (absl::Status k = Check(cudaGetLastError(), "RmsNorm launch"); !k.ok()) return k;
   if (absl::Status c = Check(cudaMemcpyAsync(out, dout.get<float>(), sizeof(float) * rows * n,
                                              cudaMemcpyDeviceToHost, stream.get()),
