@@ -367,6 +367,10 @@ TEST(DisaggTest, CancellationsLeakNoBlocksOnEitherSide) {
 class SigtermTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(SigtermTest, DrainsRunningStreamsAndRefusesNewOnes) {
+  // As long as tiny-a's 256 positions allow: the streams must outlast the
+  // moment the drain starts, or the process is already shutting down (and
+  // cancels, rather than refuses, the new call).
+  constexpr uint32_t kStreamTokens = 250;
   Deployment d(1, 1);
   ASSERT_TRUE(d.ok());
   BatonProcess* target = GetParam() == "router" ? d.router.get() : d.decode[0].get();
@@ -379,7 +383,7 @@ TEST_P(SigtermTest, DrainsRunningStreamsAndRefusesNewOnes) {
         auto stub = v1::Inference::NewStub(
             grpc::CreateChannel(d.router->address(), grpc::InsecureChannelCredentials()));
         grpc::ClientContext context;
-        auto reader = stub->Generate(&context, Request({0, 5, 6, 7}, 150));
+        auto reader = stub->Generate(&context, Request({0, 5, 6, 7}, kStreamTokens));
         v1::GenerateResponse chunk;
         bool first = true;
         while (reader->Read(&chunk)) {
@@ -400,7 +404,7 @@ TEST_P(SigtermTest, DrainsRunningStreamsAndRefusesNewOnes) {
     for (auto& t : threads) t.join();
     for (const StreamResult& r : results) {
       EXPECT_TRUE(r.status.ok()) << r.status.error_message();
-      EXPECT_EQ(r.ids.size(), 150u);
+      EXPECT_EQ(r.ids.size(), kStreamTokens);
     }
     EXPECT_EQ(target->process().Wait(std::chrono::seconds(10)), 0);
   }
