@@ -86,6 +86,27 @@ EngineStats EngineLoop::stats() const {
   return stats_;
 }
 
+void EngineLoop::Deliver(const TokenEvent& e) {
+  if (e.kv_reserved) {
+    auto target = std::make_shared<ImportTarget>();
+    {
+      absl::MutexLock lock(&target->mu);
+      target->table = e.kv_blocks;
+    }
+    target->tokens = prompt_lengths_[e.request_id];
+    absl::MutexLock lock(&imports_mu_);
+    imports_[e.request_id] = std::move(target);
+  }
+  if (e.finish != FinishReason::kNone) {
+    CloseImport(e.request_id);
+    prompt_lengths_.erase(e.request_id);
+  }
+  auto it = callbacks_.find(e.request_id);
+  if (it == callbacks_.end()) return;
+  it->second(e);
+  if (e.finish != FinishReason::kNone) callbacks_.erase(it);
+}
+
 void EngineLoop::Run() {
   while (true) {
     std::vector<Submission> submissions;
@@ -120,13 +141,7 @@ void EngineLoop::Run() {
     }
     for (const auto& [id, first] : imports_done) {
       CloseImport(id);
-      std::optional<TokenEvent> e = engine_->ImportDone(id, first);
-      if (!e.has_value()) continue;
-      if (e->finish != FinishReason::kNone) prompt_lengths_.erase(id);
-      auto it = callbacks_.find(id);
-      if (it == callbacks_.end()) continue;
-      it->second(*e);
-      if (e->finish != FinishReason::kNone) callbacks_.erase(it);
+      if (std::optional<TokenEvent> e = engine_->ImportDone(id, first)) Deliver(*e);
     }
     for (int64_t id : cancels) {
       CloseImport(id);  // Before the engine frees the blocks.
@@ -145,26 +160,7 @@ void EngineLoop::Run() {
       if (options_.on_step && stats.last_step_tokens > 0) {
         options_.on_step({absl::Now() - start, stats.last_step_tokens, stats.last_step_sequences});
       }
-      for (const TokenEvent& e : events) {
-        if (e.kv_reserved) {
-          auto target = std::make_shared<ImportTarget>();
-          {
-            absl::MutexLock lock(&target->mu);
-            target->table = e.kv_blocks;
-          }
-          target->tokens = prompt_lengths_[e.request_id];
-          absl::MutexLock lock(&imports_mu_);
-          imports_[e.request_id] = std::move(target);
-        }
-        if (e.finish != FinishReason::kNone) {
-          CloseImport(e.request_id);
-          prompt_lengths_.erase(e.request_id);
-        }
-        auto it = callbacks_.find(e.request_id);
-        if (it == callbacks_.end()) continue;
-        it->second(e);
-        if (e.finish != FinishReason::kNone) callbacks_.erase(it);
-      }
+      for (const TokenEvent& e : events) Deliver(e);
     }
     {
       absl::MutexLock lock(&mu_);

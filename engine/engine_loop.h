@@ -96,6 +96,9 @@ class EngineLoop {
     int64_t tokens = 0;  // Importable positions: the prompt.
   };
   void CloseImport(int64_t request_id);
+  // On the loop thread: opens an import for a kv_reserved event, closes it
+  // and forgets the request on its final event, and calls its callback.
+  void Deliver(const TokenEvent& e);
 
   mutable absl::Mutex imports_mu_;
   std::map<int64_t, std::shared_ptr<ImportTarget>> imports_ ABSL_GUARDED_BY(imports_mu_);

@@ -37,6 +37,7 @@ Isa CurrentIsa() {
 }
 
 bool HasAvx512() { return CurrentIsa() == Isa::kAvx512; }
+bool HasAvx2() { return CurrentIsa() == Isa::kAvx2; }
 
 bool DetectBf16() { return HasAvx512() && __builtin_cpu_supports("avx512bf16"); }
 
@@ -53,7 +54,6 @@ void ToBf16Rows(const float* x, int64_t ldx, int64_t m, int64_t k, int64_t padde
     for (int64_t c = 0; c < k; ++c) (*out)[i * padded + c] = FloatToBf16(x[i * ldx + c]);
   }
 }
-bool HasAvx2() { return CurrentIsa() == Isa::kAvx2; }
 
 template <typename LoadW>
 void MatMulRowsGeneric(const float* x, int64_t ldx, int64_t m, int64_t k, LoadW load_w,

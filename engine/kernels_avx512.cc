@@ -150,18 +150,17 @@ BATON_AVX512 void MatMulPanels(const float* x, int64_t ldx, int64_t m, const Mat
 
 BATON_AVX512 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w,
                              int64_t row_begin, int64_t row_end, float* y, int64_t ldy) {
-  if (w.panels) {
-    if (w.dtype == DType::kF32) {
-      MatMulPanels(x, ldx, m, w, w.f32(), row_begin, row_end, y, ldy);
+  auto run = [&](const auto* data) BATON_AVX512 {
+    if (w.panels) {
+      MatMulPanels(x, ldx, m, w, data, row_begin, row_end, y, ldy);
     } else {
-      MatMulPanels(x, ldx, m, w, w.bf16(), row_begin, row_end, y, ldy);
+      MatMulRowsTyped(x, ldx, m, w.cols, data, row_begin, row_end, y, ldy);
     }
-    return;
-  }
+  };
   if (w.dtype == DType::kF32) {
-    MatMulRowsTyped(x, ldx, m, w.cols, w.f32(), row_begin, row_end, y, ldy);
+    run(w.f32());
   } else {
-    MatMulRowsTyped(x, ldx, m, w.cols, w.bf16(), row_begin, row_end, y, ldy);
+    run(w.bf16());
   }
 }
 

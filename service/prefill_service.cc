@@ -49,8 +49,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       Done(grpc::Status(grpc::INVALID_ARGUMENT, std::string(converted.status().message())));
       return;
     }
-    logprobs_ = converted->sampling.logprobs;
-    state_->logprobs = logprobs_;
+    state_->logprobs = converted->sampling.logprobs;
     start_ = absl::Now();
     std::shared_ptr<State> state = state_;
     // The sender belongs to the state: its callback must not own the state.
@@ -152,7 +151,7 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       state_->call = nullptr;
     }
     if (status.ok()) {
-      ToProto(state_->first_token, logprobs_, response_->mutable_first_token());
+      ToProto(state_->first_token, state_->logprobs, response_->mutable_first_token());
       response_->set_layers_sent(service_->layout_.layers);
       response_->set_bytes_sent(state_->sender ? state_->sender->bytes_sent() : 0);
       service_->metrics_->CountKvTransfer(response_->bytes_sent(),
@@ -168,7 +167,6 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
   internal::v1::PrefillResponse* response_;
   std::shared_ptr<State> state_;
   absl::Time start_;
-  int logprobs_ = 0;
 };
 
 PrefillService::PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth,

@@ -107,6 +107,20 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t coun
   return buffer;
 }
 
+// After a launch: checks it, copies `count` results back to the host and
+// waits for the stream, so the caller's buffer is ready on return.
+absl::Status FinishLaunch(const char* op, float* host, const float* device, int64_t count,
+                          cudaStream_t s) {
+  if (absl::Status k = Check(cudaGetLastError(), op); !k.ok()) return k;
+  if (absl::Status c =
+          Check(cudaMemcpyAsync(host, device, sizeof(float) * count, cudaMemcpyDeviceToHost, s),
+                "download");
+      !c.ok()) {
+    return c;
+  }
+  return Check(cudaStreamSynchronize(s), op);
+}
+
 }  // namespace
 
 int DeviceCount(std::string* why) {
@@ -133,14 +147,7 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
   if (!dout.status().ok()) return dout.status();
   RmsNormKernel<<<rows, 256, 0, stream.get()>>>((*dx)->get<float>(), (*dw)->get<float>(), n, eps,
                                                 dout.get<float>());
-  if (absl::Status k = Check(cudaGetLastError(), "RmsNorm launch"); !k.ok()) return k;
-  if (absl::Status c = Check(cudaMemcpyAsync(out, dout.get<float>(), sizeof(float) * rows * n,
-                                             cudaMemcpyDeviceToHost, stream.get()),
-                             "download");
-      !c.ok()) {
-    return c;
-  }
-  return Check(cudaStreamSynchronize(stream.get()), "RmsNorm");
+  return FinishLaunch("RmsNorm", out, dout.get<float>(), rows * n, stream.get());
 }
 
 absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
@@ -158,14 +165,7 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
   MatMulBf16Kernel<<<static_cast<unsigned>((threads + block - 1) / block), block, 0,
                      stream.get()>>>((*dx)->get<float>(), (*dw)->get<uint16_t>(), m, rows, cols,
                                      dy.get<float>());
-  if (absl::Status k = Check(cudaGetLastError(), "MatMulBf16 launch"); !k.ok()) return k;
-  if (absl::Status c = Check(cudaMemcpyAsync(y, dy.get<float>(), sizeof(float) * m * rows,
-                                             cudaMemcpyDeviceToHost, stream.get()),
-                             "download");
-      !c.ok()) {
-    return c;
-  }
-  return Check(cudaStreamSynchronize(stream.get()), "MatMulBf16");
+  return FinishLaunch("MatMulBf16", y, dy.get<float>(), m * rows, stream.get());
 }
 
 absl::Status RopeInterleaved(float* x, int64_t rows, int64_t dim, const float* cos,
@@ -181,14 +181,7 @@ absl::Status RopeInterleaved(float* x, int64_t rows, int64_t dim, const float* c
   const int64_t pairs = rows * (dim / 2);
   RopeKernel<<<static_cast<unsigned>((pairs + 255) / 256), 256, 0, stream.get()>>>(
       (*dx)->get<float>(), rows, dim, (*dc)->get<float>(), (*ds)->get<float>());
-  if (absl::Status k = Check(cudaGetLastError(), "Rope launch"); !k.ok()) return k;
-  if (absl::Status c = Check(cudaMemcpyAsync(x, (*dx)->get<float>(), sizeof(float) * rows * dim,
-                                             cudaMemcpyDeviceToHost, stream.get()),
-                             "download");
-      !c.ok()) {
-    return c;
-  }
-  return Check(cudaStreamSynchronize(stream.get()), "Rope");
+  return FinishLaunch("Rope", x, (*dx)->get<float>(), rows * dim, stream.get());
 }
 
 }  // namespace baton::cuda
