@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -38,12 +39,19 @@ struct DecodeResult {
 DecodeResult Decode(DeepseekModel& model, ThreadPool& pool, int batch, int context, int steps) {
   const ModelConfig& c = model.config();
   KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16,
-                int64_t{batch} * ((context + steps + 15) / 16 + 1));
+                int64_t{batch} * ((context + steps + 15) / 16 + 1), model.kv_dtype());
   std::vector<KvBlocks> blocks;
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0.f, 0.5f);
-  std::vector<float> rows(static_cast<size_t>(context) * c.kv_cache_width());
-  for (float& v : rows) v = dist(rng);
+  std::vector<float> values(static_cast<size_t>(context) * c.kv_cache_width());
+  for (float& v : values) v = dist(rng);
+  std::vector<uint8_t> rows(context * cache.row_bytes());
+  if (cache.dtype() == DType::kBF16) {
+    auto* out = reinterpret_cast<uint16_t*>(rows.data());
+    for (size_t e = 0; e < values.size(); ++e) out[e] = FloatToBf16(values[e]);
+  } else {
+    std::memcpy(rows.data(), values.data(), rows.size());
+  }
   for (int b = 0; b < batch; ++b) {
     blocks.emplace_back(&cache);
     blocks.back().Reserve(context + steps);

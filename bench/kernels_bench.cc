@@ -1,7 +1,9 @@
 // Google Benchmark cases for the kernels that decide speed, at DeepSeek-V3's
 // real shapes. Bytes/s counters compare with the DRAM roofline of
 // baton-engine-bench; FLOP/s with its compute peaks.
+#include <algorithm>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "benchmark/benchmark.h"
@@ -48,6 +50,61 @@ BENCHMARK(BM_MatMulBf16)
     ->Args({1, 7168, 2048})    // expert down-projection
     ->Args({512, 2048, 2048})  // prefill panel
     ->UseRealTime();
+
+// MLA decode attention over one layer's latent cache of `context` rows in
+// blocks of 16, one thread: scores (heads x context x 576) and sums (heads x
+// context x 512), on an f32 and on a BF16 cache. The rows (2.4 MB in BF16 at
+// 2048) stay in the caches, as one layer's do between a step's phases.
+constexpr int64_t kWidth = 576, kLora = 512, kBlock = 16;
+
+template <typename E>
+std::vector<E> CacheRows(int64_t context) {
+  if constexpr (std::is_same_v<E, float>) {
+    return std::vector<float>(context * kWidth, 0.2f);
+  } else {
+    return std::vector<uint16_t>(context * kWidth, FloatToBf16(0.2f));
+  }
+}
+
+template <typename E>
+void BM_AttentionScores(benchmark::State& state) {
+  const int64_t heads = state.range(0), context = state.range(1);
+  const std::vector<float> q(heads * kWidth, 0.1f);
+  const std::vector<E> rows = CacheRows<E>(context);
+  std::vector<float> y(heads * context);
+  for (auto _ : state) {
+    for (int64_t j = 0; j < context; j += kBlock) {
+      kernels::AttentionScores(q.data(), kWidth, heads, &rows[j * kWidth], kBlock, kWidth, &y[j],
+                               context);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kWidth,
+                         benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AttentionScores<float>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
+BENCHMARK(BM_AttentionScores<uint16_t>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
+
+template <typename E>
+void BM_AttentionSums(benchmark::State& state) {
+  const int64_t heads = state.range(0), context = state.range(1);
+  const std::vector<float> p(heads * context, 1e-3f);
+  const std::vector<E> rows = CacheRows<E>(context);
+  std::vector<float> out(heads * kLora);
+  std::vector<const E*> blocks;
+  for (int64_t j = 0; j < context; j += kBlock) blocks.push_back(&rows[j * kWidth]);
+  for (auto _ : state) {
+    kernels::AttentionSums(p.data(), context, heads, blocks.data(), kBlock, kWidth, context, kLora,
+                           out.data(), kLora);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kLora,
+                         benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AttentionSums<float>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
+BENCHMARK(BM_AttentionSums<uint16_t>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
 
 }  // namespace
 }  // namespace baton

@@ -236,11 +236,15 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
       sin[f] = std::sin(angle) * cos_sin_scale_;
     }
     const ForwardChunk& chunk = batch[ws.chunk_of_token[i]];
-    float* row = cache.Row(layer, *chunk.block_table, ws.positions[i]);
-    const float* kv = &ws.kv[i * width];
-    kernels::RmsNorm(kv, a.kv_a_norm.data(), lora, c.rms_norm_eps, row);
-    std::copy(kv + lora, kv + width, row + lora);
-    kernels::RopeInterleaved(row + lora, rope, cos.data(), sin.data());
+    float* kv = &ws.kv[i * width];
+    kernels::RmsNorm(kv, a.kv_a_norm.data(), lora, c.rms_norm_eps, kv);
+    kernels::RopeInterleaved(kv + lora, rope, cos.data(), sin.data());
+    if (cache.dtype() == DType::kBF16) {
+      uint16_t* row = cache.Row<uint16_t>(layer, *chunk.block_table, ws.positions[i]);
+      for (int64_t d = 0; d < width; ++d) row[d] = FloatToBf16(kv[d]);
+    } else {
+      std::copy(kv, kv + width, cache.Row<float>(layer, *chunk.block_table, ws.positions[i]));
+    }
     for (int64_t h = 0; h < heads; ++h) {
       float* q_pe = &ws.q_full[(i * heads + h) * width + lora];
       const float* src = &ws.q[(i * heads + h) * qk + nope];
@@ -263,7 +267,7 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   }
   for (int64_t i = 0; i < T; ++i) {
     const int64_t len = ws.positions[i] + 1;
-    stats_.kv_bytes += len * width * static_cast<int64_t>(sizeof(float));
+    stats_.kv_bytes += len * cache.row_bytes();
     stats_.flops += 2 * heads * len * (width + lora);
   }
 
@@ -285,6 +289,16 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
 // token's result never depends on the batch around it.
 void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
                                   ThreadPool& pool) {
+  if (cache.dtype() == DType::kBF16) {
+    AttentionCoreTyped<uint16_t>(layer, batch, cache, pool);
+  } else {
+    AttentionCoreTyped<float>(layer, batch, cache, pool);
+  }
+}
+
+template <typename E>
+void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk>& batch,
+                                       KvCache& cache, ThreadPool& pool) {
   const ModelConfig& c = config_;
   Workspace& ws = ws_;
   const int64_t T = ws.tokens, heads = c.num_attention_heads, lora = c.kv_lora_rank;
@@ -294,41 +308,38 @@ void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& ba
   auto table_of = [&](int64_t i) -> const std::vector<int32_t>& {
     return *batch[ws.chunk_of_token[i]].block_table;
   };
-  // Scores of heads [h0, h0 + hb) of token i against rows [j0, j1), one
-  // cache block (contiguous rows) at a time, into scores[h][j].
-  auto score = [&](int64_t i, int64_t h0, int64_t hb, int64_t j0, int64_t j1, float* scores,
-                   int64_t ld) {
+  // Scores of every head of token i against rows [j0, j1), one cache block
+  // (contiguous rows) at a time, into scores[h][j].
+  auto score = [&](int64_t i, int64_t j0, int64_t j1, float* scores, int64_t ld) {
     const std::vector<int32_t>& table = table_of(i);
-    const float* q = &ws.q_full[(i * heads + h0) * width];
     for (int64_t j = j0; j < j1; j = (j / block_size + 1) * block_size) {
       const int64_t n = std::min((j / block_size + 1) * block_size, j1) - j;
       // Two blocks ahead: blocks need not be adjacent in memory, so the
       // hardware prefetcher cannot follow a sequence from one to the next.
       const int64_t ahead = (j / block_size + 2) * block_size;
       if (ahead < j1) {
-        const char* next = reinterpret_cast<const char*>(cache.Row(layer, table, ahead));
-        const int64_t bytes = std::min(block_size, j1 - ahead) * width * 4;
+        const uint8_t* next = cache.Row<uint8_t>(layer, table, ahead);
+        const int64_t bytes = std::min(block_size, j1 - ahead) * cache.row_bytes();
         for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
       }
-      kernels::MatMulF32(q, width, hb, cache.Row(layer, table, j), n, width, &scores[j], ld);
+      kernels::AttentionScores(&ws.q_full[i * heads * width], width, heads,
+                               cache.Row<E>(layer, table, j), n, width, &scores[j], ld);
     }
   };
   auto softmax = [&](float* row, int64_t len) {
     for (int64_t j = 0; j < len; ++j) row[j] *= softmax_scale_;
     kernels::Softmax(row, len);
   };
-  // out[h][c0, c1) = sum_j p[h][j] row[j][c0, c1) for heads [h0, h0 + hb).
-  auto accumulate = [&](int64_t i, int64_t h0, int64_t hb, int64_t c0, int64_t c1, const float* p,
-                        int64_t ldp) {
+  // out[h][c0, c1) = sum_j p[h][j] row[j][c0, c1) for every head of token i.
+  auto accumulate = [&](int64_t i, int64_t c0, int64_t c1, const float* p, int64_t ldp) {
     const std::vector<int32_t>& table = table_of(i);
     const int64_t len = ws.positions[i] + 1;
-    float* out = &ws.o_latent[(i * heads + h0) * lora];
-    for (int64_t h = 0; h < hb; ++h) std::fill(out + h * lora + c0, out + h * lora + c1, 0.0f);
+    std::vector<const E*> blocks;
     for (int64_t j0 = 0; j0 < len; j0 += block_size) {
-      const int64_t n = std::min(block_size, len - j0);
-      kernels::AccumulateRows(p + j0, ldp, hb, cache.Row(layer, table, j0) + c0, width, n, c1 - c0,
-                              out + c0, lora);
+      blocks.push_back(cache.Row<E>(layer, table, j0) + c0);
     }
+    kernels::AttentionSums(p, ldp, heads, blocks.data(), block_size, width, len, c1 - c0,
+                           &ws.o_latent[i * heads * lora + c0], lora);
   };
 
   const int64_t threads = pool.num_threads();
@@ -340,9 +351,9 @@ void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& ba
       for (int64_t i = begin; i < end; ++i) {
         const int64_t len = ws.positions[i] + 1;  // Causal: up to and including itself.
         EnsureSize(scores, heads * len);
-        score(i, 0, heads, 0, len, scores.data(), len);
+        score(i, 0, len, scores.data(), len);
         for (int64_t h = 0; h < heads; ++h) softmax(&scores[h * len], len);
-        accumulate(i, 0, heads, 0, lora, scores.data(), len);
+        accumulate(i, 0, lora, scores.data(), len);
       }
     });
     return;
@@ -362,7 +373,7 @@ void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& ba
     for (int64_t k = begin; k < end; ++k) {
       const auto [i, j0] = items[k];
       const int64_t len = ws.positions[i] + 1;
-      score(i, 0, heads, j0, std::min(len, j0 + kRowsPerItem), &ws.scores[offset[i]], len);
+      score(i, j0, std::min(len, j0 + kRowsPerItem), &ws.scores[offset[i]], len);
     }
   });
   pool.ParallelFor(T * heads, 1, [&](int64_t begin, int64_t end) {
@@ -371,15 +382,17 @@ void DeepseekModel::AttentionCore(int layer, const std::vector<ForwardChunk>& ba
       softmax(&ws.scores[offset[i] + k % heads * len], len);
     }
   });
-  // Column slices: each element is summed over the rows in order whatever
-  // the slicing, so slices only divide the work.
-  constexpr int64_t kColumns = 64;
-  const int64_t slices = (lora + kColumns - 1) / kColumns;
+  // Column slices, one per thread (each slice's call rearranges the
+  // probabilities once, so fewer and wider is better), in multiples of the
+  // kernels' 32 columns. Each element is summed over the rows in order
+  // whatever the slicing, so slices only divide the work.
+  const int64_t per_token = (threads + T - 1) / T;
+  const int64_t columns = ((lora + per_token - 1) / per_token + 31) / 32 * 32;
+  const int64_t slices = (lora + columns - 1) / columns;
   pool.ParallelFor(T * slices, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      const int64_t i = k / slices, c0 = k % slices * kColumns;
-      accumulate(i, 0, heads, c0, std::min(lora, c0 + kColumns), &ws.scores[offset[i]],
-                 ws.positions[i] + 1);
+      const int64_t i = k / slices, c0 = k % slices * columns;
+      accumulate(i, c0, std::min(lora, c0 + columns), &ws.scores[offset[i]], ws.positions[i] + 1);
     }
   });
 }

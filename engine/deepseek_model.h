@@ -68,6 +68,11 @@ class DeepseekModel {
   const ModelConfig& config() const { return config_; }
   // The activation precision the products actually run at on this CPU.
   kernels::Precision precision() const { return precision_; }
+  // The element type of the KV cache this model reads and writes: bf16 with
+  // bf16 activations (attention then runs on BF16 dot products), else f32.
+  DType kv_dtype() const {
+    return precision_ == kernels::Precision::kBf16 ? DType::kBF16 : DType::kF32;
+  }
   const ModelWeights& weights() const { return weights_; }
   size_t weight_bytes() const { return weights_.bytes; }
 
@@ -89,6 +94,10 @@ class DeepseekModel {
                  ThreadPool& pool);
   void AttentionCore(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
                      ThreadPool& pool);
+  // The same for cache elements E: float or uint16_t (BF16 bits).
+  template <typename E>
+  void AttentionCoreTyped(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
+                          ThreadPool& pool);
   void Mlp(const MlpWeights& mlp, const float* x, int64_t rows, float* out, ThreadPool& pool);
   void Moe(const MoeWeights& moe, ThreadPool& pool);
   void Route(const MoeWeights& moe, int64_t t, std::vector<int>* experts,

@@ -34,7 +34,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<DeepseekM
   }
   const ModelConfig& c = model->config();
   const int64_t bytes_per_token =
-      int64_t{c.num_hidden_layers} * c.kv_cache_width() * static_cast<int64_t>(sizeof(float));
+      int64_t{c.num_hidden_layers} * c.kv_cache_width() * DTypeSize(model->kv_dtype());
   int64_t bytes = options.kv_cache_bytes;
   if (bytes <= 0) {
     bytes = std::min<int64_t>(
@@ -54,7 +54,7 @@ Engine::Engine(std::unique_ptr<DeepseekModel> model, const EngineOptions& option
     : model_(std::move(model)), options_(options), pool_(options.threads) {
   const ModelConfig& c = model_->config();
   cache_ = std::make_unique<KvCache>(c.num_hidden_layers, c.kv_cache_width(), options.kv_block_size,
-                                     kv_blocks);
+                                     kv_blocks, model_->kv_dtype());
 }
 
 absl::Status Engine::Validate(const EngineRequest& r) const {
@@ -278,7 +278,7 @@ std::vector<TokenEvent> Engine::Step() {
   DeepseekModel::LayerKvHook ship = [&](int layer) {
     for (const Planned& p : plan) {
       if (!p.seq->request.prefill_only || !p.seq->request.kv_sink) continue;
-      std::vector<float> rows(static_cast<size_t>(p.count) * cache_->width());
+      std::vector<uint8_t> rows(static_cast<size_t>(p.count * cache_->row_bytes()));
       cache_->ExportLayer(layer, p.seq->blocks.table(), p.begin, p.begin + p.count, rows.data());
       p.seq->request.kv_sink(layer, p.begin, p.begin + p.count, std::move(rows));
     }

@@ -44,7 +44,9 @@ enum class FinishReason {
 
 // Receives one layer's KV rows of tokens [begin, end) of a prefill_only
 // request, on the engine thread, as soon as the layer has computed them.
-using KvSink = std::function<void(int layer, int64_t begin, int64_t end, std::vector<float> rows)>;
+// `rows` holds (end - begin) cache rows of KvCache::row_bytes() bytes each.
+using KvSink =
+    std::function<void(int layer, int64_t begin, int64_t end, std::vector<uint8_t> rows)>;
 
 struct EngineRequest {
   int64_t id = 0;
@@ -119,6 +121,7 @@ class Engine {
 
   EngineStats stats() const;
   KvCache& kv_cache() { return *cache_; }
+  const KvCache& kv_cache() const { return *cache_; }
 
  private:
   struct Sequence {

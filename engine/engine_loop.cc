@@ -40,7 +40,7 @@ void EngineLoop::Cancel(int64_t request_id) {
 }
 
 absl::Status EngineLoop::ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                                  const float* rows) {
+                                  const void* rows) {
   std::shared_ptr<ImportTarget> target;
   {
     absl::MutexLock lock(&imports_mu_);

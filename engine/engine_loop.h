@@ -56,11 +56,12 @@ class EngineLoop {
   void Cancel(int64_t request_id);
 
   // For an external_prefill request, after its kv_reserved event: copies
-  // rows [begin, end) of `layer` (dense, width floats each) into its blocks.
+  // rows [begin, end) of `layer` (dense, KvCache::row_bytes() each) into its
+  // blocks.
   // Any thread. Fails once the request has ended or for a range outside the
   // prompt.
   absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const float* rows);
+                        const void* rows);
   // Every layer of every prompt token has been imported, and the prefill
   // worker sampled `first`: the loop emits it and schedules the request.
   void FinishImport(int64_t request_id, SampledToken first);

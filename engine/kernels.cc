@@ -138,34 +138,80 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
   }
 }
 
-void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n, int64_t k,
-               float* y, int64_t ldy) {
-  if (HasAvx512()) {
-    avx512::MatMulF32(x, ldx, m, rows, n, k, y, ldy);
-    return;
-  }
-  if (HasAvx2()) {
-    avx2::MatMulF32(x, ldx, m, rows, n, k, y, ldy);
-    return;
-  }
-  MatMulRowsGeneric(
-      x, ldx, m, k, [&](int64_t j, int64_t c) { return rows[j * k + c]; }, 0, n, y, ldy);
-}
+namespace {
 
-void AccumulateRows(const float* p, int64_t ldp, int64_t m, const float* rows, int64_t ldr,
-                    int64_t n, int64_t k, float* out, int64_t ldo) {
-  // AVX-512 machines run the AVX2 version: GCC 12 spills a 512-bit
-  // version's accumulators every iteration (measured 2x slower on Zen 4,
-  // whose 512-bit FMAs are two 256-bit ones anyway).
-  if (HasAvx512() || HasAvx2()) {
-    avx2::AccumulateRows(p, ldp, m, rows, ldr, n, k, out, ldo);
-    return;
-  }
+float Widen(float v) { return v; }
+float Widen(uint16_t v) { return Bf16ToFloat(v); }
+
+template <typename E>
+void AttentionScoresGeneric(const float* q, int64_t ldq, int64_t m, const E* rows, int64_t n,
+                            int64_t k, float* y, int64_t ldy) {
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
-      const float pij = p[i * ldp + j];
-      for (int64_t c = 0; c < k; ++c) out[i * ldo + c] += pij * rows[j * ldr + c];
+      float s = 0.f;
+      for (int64_t c = 0; c < k; ++c) s += q[i * ldq + c] * Widen(rows[j * k + c]);
+      y[i * ldy + j] = s;
     }
+  }
+}
+
+template <typename E>
+void AttentionSumsGeneric(const float* p, int64_t ldp, int64_t m, const E* const* blocks,
+                          int64_t block_rows, int64_t ldr, int64_t n, int64_t k, float* out,
+                          int64_t ldo) {
+  for (int64_t i = 0; i < m; ++i) {
+    float* o = out + i * ldo;
+    std::fill(o, o + k, 0.f);
+    for (int64_t j = 0; j < n; ++j) {
+      const E* row = blocks[j / block_rows] + j % block_rows * ldr;
+      for (int64_t c = 0; c < k; ++c) o[c] += p[i * ldp + j] * Widen(row[c]);
+    }
+  }
+}
+
+}  // namespace
+
+void AttentionScores(const float* q, int64_t ldq, int64_t m, const float* rows, int64_t n,
+                     int64_t k, float* y, int64_t ldy) {
+  if (HasAvx512()) {
+    avx512::AttentionScores(q, ldq, m, rows, n, k, y, ldy);
+  } else if (HasAvx2()) {
+    avx2::MatMulF32(q, ldq, m, rows, n, k, y, ldy);
+  } else {
+    AttentionScoresGeneric(q, ldq, m, rows, n, k, y, ldy);
+  }
+}
+
+void AttentionScores(const float* q, int64_t ldq, int64_t m, const uint16_t* rows, int64_t n,
+                     int64_t k, float* y, int64_t ldy) {
+  if (HasAvx512()) {
+    avx512::AttentionScores(q, ldq, m, rows, n, k, y, ldy);
+  } else {
+    AttentionScoresGeneric(q, ldq, m, rows, n, k, y, ldy);
+  }
+}
+
+void AttentionSums(const float* p, int64_t ldp, int64_t m, const float* const* blocks,
+                   int64_t block_rows, int64_t ldr, int64_t n, int64_t k, float* out, int64_t ldo) {
+  if (HasAvx512()) {
+    avx512::AttentionSums(p, ldp, m, blocks, block_rows, ldr, n, k, out, ldo);
+  } else if (HasAvx2()) {
+    for (int64_t i = 0; i < m; ++i) std::fill(out + i * ldo, out + i * ldo + k, 0.f);
+    for (int64_t j0 = 0, b = 0; j0 < n; j0 += block_rows, ++b) {
+      avx2::AccumulateRows(p + j0, ldp, m, blocks[b], ldr, std::min(block_rows, n - j0), k, out,
+                           ldo);
+    }
+  } else {
+    AttentionSumsGeneric(p, ldp, m, blocks, block_rows, ldr, n, k, out, ldo);
+  }
+}
+
+void AttentionSums(const float* p, int64_t ldp, int64_t m, const uint16_t* const* blocks,
+                   int64_t block_rows, int64_t ldr, int64_t n, int64_t k, float* out, int64_t ldo) {
+  if (HasAvx512()) {
+    avx512::AttentionSums(p, ldp, m, blocks, block_rows, ldr, n, k, out, ldo);
+  } else {
+    AttentionSumsGeneric(p, ldp, m, blocks, block_rows, ldr, n, k, out, ldo);
   }
 }
 

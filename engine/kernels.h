@@ -36,14 +36,24 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t row_begin,
                 int64_t row_end, float* y, int64_t ldy, Precision precision = Precision::kF32);
 
-// y[i][j] = sum_c x[i][c] * rows[j][c] for i < m, j < n, c < k, where rows is
-// a dense F32 [n][k] block (a block of the KV cache), single-threaded.
-void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n, int64_t k,
-               float* y, int64_t ldy);
-// out[i][c] += sum_j p[i][j] * rows[j][c] for i < m, j < n, c < k; rows has
-// row stride ldr. The attention output over a block of cached latents.
-void AccumulateRows(const float* p, int64_t ldp, int64_t m, const float* rows, int64_t ldr,
-                    int64_t n, int64_t k, float* out, int64_t ldo);
+// Attention over a block of the latent KV cache, whose rows are f32 or BF16
+// (uint16_t bits, widened exactly): fp32 arithmetic either way, and each
+// output element computed the same way however the heads, rows or columns
+// around it are grouped, so results stay batch-invariant. Single-threaded.
+// Scores: y[i][j] = sum_c q[i][c] * rows[j][c] for heads i < m, rows j < n
+// of a dense [n][k] block, c < k.
+void AttentionScores(const float* q, int64_t ldq, int64_t m, const float* rows, int64_t n,
+                     int64_t k, float* y, int64_t ldy);
+void AttentionScores(const float* q, int64_t ldq, int64_t m, const uint16_t* rows, int64_t n,
+                     int64_t k, float* y, int64_t ldy);
+// Sums: out[i][c] = sum_j p[i][j] * row_j[c] for i < m, j < n, c < k, summed
+// in row order, where row j is blocks[j / block_rows] + (j % block_rows) *
+// ldr (a sequence's cache blocks, offset to the first column wanted); out is
+// overwritten.
+void AttentionSums(const float* p, int64_t ldp, int64_t m, const float* const* blocks,
+                   int64_t block_rows, int64_t ldr, int64_t n, int64_t k, float* out, int64_t ldo);
+void AttentionSums(const float* p, int64_t ldp, int64_t m, const uint16_t* const* blocks,
+                   int64_t block_rows, int64_t ldr, int64_t n, int64_t k, float* out, int64_t ldo);
 
 float Dot(const float* a, const float* b, int64_t n);
 // y += a * x

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #define BATON_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -164,26 +165,6 @@ BATON_AVX512 void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matri
   }
 }
 
-namespace {
-
-// Attention scores: one cached row against many heads. A tile of one row by
-// 8 heads streams the row once and keeps 8 independent accumulators busy
-// (measured 1.8x faster than 4x4 tiles, whose extra loads and reductions
-// stall); per (row, head) the arithmetic is Tile's.
-BATON_AVX512 void ScoreRow(const float* x, int64_t ldx, int64_t m, int64_t k, const float* w,
-                           float* y, int64_t ldy) {
-  int64_t i = 0;
-  for (; i + 8 <= m; i += 8) Tile<1, 8>(x + i * ldx, ldx, k, w, y + i * ldy, ldy);
-  TileRows<1>(x + i * ldx, ldx, m - i, k, w, y + i * ldy, ldy);
-}
-
-}  // namespace
-
-BATON_AVX512 void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_t n,
-                            int64_t k, float* y, int64_t ldy) {
-  for (int64_t j = 0; j < n; ++j) ScoreRow(x, ldx, m, k, rows + j * k, y + j, ldy);
-}
-
 BATON_AVX512 float Dot(const float* a, const float* b, int64_t n) {
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   int64_t i = 0;
@@ -248,6 +229,173 @@ BATON_AVX512_BF16 void MatMulRowsBf16(const uint16_t* xb, int64_t ldxb, int64_t 
                                                             w.bf16() + j / 4 * stride, rows,
                                                             y + (j - row_begin) + i * ldy, ldy);
                    });
+}
+
+namespace {
+
+constexpr int kHeadGroup = 8;  // Heads per register tile of the attention kernels.
+
+// Calls fn(h0, heads) for each group of up to kHeadGroup heads of [0, m):
+// the group's first head and its size as an integral_constant, so that the
+// tiles' loops unroll fully and their accumulators stay in registers.
+template <typename Fn>
+BATON_AVX512 inline void ForEachHeadGroup(int64_t m, Fn&& fn) {
+  int64_t h0 = 0;
+  for (; h0 + kHeadGroup <= m; h0 += kHeadGroup) fn(h0, std::integral_constant<int, kHeadGroup>());
+  switch (m - h0) {
+#define BATON_HEADS_CASE(n)                   \
+  case n:                                     \
+    fn(h0, std::integral_constant<int, n>()); \
+    break;
+    BATON_HEADS_CASE(1)
+    BATON_HEADS_CASE(2)
+    BATON_HEADS_CASE(3)
+    BATON_HEADS_CASE(4)
+    BATON_HEADS_CASE(5)
+    BATON_HEADS_CASE(6)
+    BATON_HEADS_CASE(7)
+#undef BATON_HEADS_CASE
+    default:
+      break;
+  }
+}
+
+inline __mmask16 ColumnMask(int64_t left) {
+  return left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// Lane a of the result is the sum of v[a]'s 16 lanes. Four rounds of
+// shuffles and adds serve all 16 vectors at once (a reduction each would
+// cost four times as many), and every vector's lanes are added in the same
+// order whatever its neighbours hold, so a sum never depends on the tile.
+BATON_AVX512 inline __m512 SumEachOfSixteen(const __m512 (&v)[16]) {
+  __m512 r[8], s[4], u[2];
+  for (int i = 0; i < 8; ++i) {  // 128-bit quarters: (0 + 2, 1 + 3).
+    r[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  for (int i = 0; i < 4; ++i) {  // The two remaining quarters of each vector.
+    s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(r[2 * i], r[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int i = 0; i < 2; ++i) {  // Lanes (0 + 2, 1 + 3) of each quarter.
+    u[i] = _mm512_add_ps(_mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  const __m512 w = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(u[0], u[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  // Lane 4q + l now holds vector q + 4l; put vector a in lane a.
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, w);
+}
+
+// Scores of R consecutive rows (R = 1 or 2) against HB <= 8 heads: each row
+// vector loaded (and widened from BF16) feeds HB FMAs, each query vector R;
+// accumulator r * 8 + h, all reduced together.
+template <int R, int HB, typename E>
+BATON_AVX512 void ScoreTile(const float* q, int64_t ldq, const E* rows, int64_t k, float* y,
+                            int64_t ldy) {
+  __m512 acc[16];
+  for (__m512& a : acc) a = _mm512_setzero_ps();
+  for (int64_t c = 0; c < k; c += 16) {
+    const __mmask16 mask = ColumnMask(k - c);
+    __m512 kv[R];
+    for (int r = 0; r < R; ++r) kv[r] = LoadWeights(rows + r * k + c, mask);
+    for (int h = 0; h < HB; ++h) {
+      const __m512 qv = _mm512_maskz_loadu_ps(mask, q + h * ldq + c);
+      for (int r = 0; r < R; ++r) acc[r * 8 + h] = _mm512_fmadd_ps(kv[r], qv, acc[r * 8 + h]);
+    }
+  }
+  alignas(64) float sums[16];
+  _mm512_store_ps(sums, SumEachOfSixteen(acc));
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < HB; ++h) y[h * ldy + r] = sums[r * 8 + h];
+}
+
+template <typename E>
+BATON_AVX512 void AttentionScoresTyped(const float* q, int64_t ldq, int64_t m, const E* rows,
+                                       int64_t n, int64_t k, float* y, int64_t ldy) {
+  ForEachHeadGroup(m, [&](int64_t h0, auto heads) BATON_AVX512 {
+    constexpr int HB = decltype(heads)::value;
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+      ScoreTile<2, HB>(q + h0 * ldq, ldq, rows + j * k, k, y + h0 * ldy + j, ldy);
+    }
+    if (j < n) ScoreTile<1, HB>(q + h0 * ldq, ldq, rows + j * k, k, y + h0 * ldy + j, ldy);
+  });
+}
+
+// out[h][c, c + 32) for HB <= 8 heads over all n rows, in row order: each
+// row's two vectors feed 2 * HB FMAs against broadcast probabilities, read
+// from pt[j][h] (the tile's probabilities transposed, so that one pointer
+// reaches them all).
+template <int HB, typename E>
+BATON_AVX512 void SumTile(const float* pt, const E* const* blocks, int64_t block_rows, int64_t ldr,
+                          int64_t n, int64_t c, int64_t k, float* out, int64_t ldo) {
+  __m512 lo[HB], hi[HB];
+  for (int h = 0; h < HB; ++h) lo[h] = hi[h] = _mm512_setzero_ps();
+  const __mmask16 m0 = ColumnMask(k - c), m1 = ColumnMask(k - c - 16);
+  for (int64_t j0 = 0, b = 0; j0 < n; j0 += block_rows, ++b) {
+    const E* row = blocks[b] + c;
+    const int64_t rows = std::min(block_rows, n - j0);
+    // The rows are a row length apart, too far for the hardware's stride
+    // prefetcher: fetch the next block's while this one is summed.
+    if (j0 + block_rows < n) {
+      for (int64_t r = 0; r < std::min(block_rows, n - j0 - block_rows); ++r) {
+        const char* next = reinterpret_cast<const char*>(blocks[b + 1] + c + r * ldr);
+        _mm_prefetch(next, _MM_HINT_T0);
+        if constexpr (sizeof(E) == 4) _mm_prefetch(next + 64, _MM_HINT_T0);
+      }
+    }
+    for (int64_t j = j0; j < j0 + rows; ++j, row += ldr) {
+      const __m512 v0 = LoadWeights(row, m0), v1 = LoadWeights(row + 16, m1);
+      for (int h = 0; h < HB; ++h) {
+        const __m512 pv = _mm512_set1_ps(pt[j * HB + h]);
+        lo[h] = _mm512_fmadd_ps(v0, pv, lo[h]);
+        hi[h] = _mm512_fmadd_ps(v1, pv, hi[h]);
+      }
+    }
+  }
+  for (int h = 0; h < HB; ++h) {
+    _mm512_mask_storeu_ps(out + h * ldo + c, m0, lo[h]);
+    _mm512_mask_storeu_ps(out + h * ldo + c + 16, m1, hi[h]);
+  }
+}
+
+template <typename E>
+BATON_AVX512 void AttentionSumsTyped(const float* p, int64_t ldp, int64_t m, const E* const* blocks,
+                                     int64_t block_rows, int64_t ldr, int64_t n, int64_t k,
+                                     float* out, int64_t ldo) {
+  std::vector<float> pt(n * kHeadGroup);
+  ForEachHeadGroup(m, [&](int64_t h0, auto heads) BATON_AVX512 {
+    constexpr int HB = decltype(heads)::value;
+    for (int64_t j = 0; j < n; ++j)
+      for (int h = 0; h < HB; ++h) pt[j * HB + h] = p[(h0 + h) * ldp + j];
+    for (int64_t c = 0; c < k; c += 32) {
+      SumTile<HB>(pt.data(), blocks, block_rows, ldr, n, c, k, out + h0 * ldo, ldo);
+    }
+  });
+}
+
+}  // namespace
+
+BATON_AVX512 void AttentionScores(const float* q, int64_t ldq, int64_t m, const float* rows,
+                                  int64_t n, int64_t k, float* y, int64_t ldy) {
+  AttentionScoresTyped(q, ldq, m, rows, n, k, y, ldy);
+}
+BATON_AVX512 void AttentionScores(const float* q, int64_t ldq, int64_t m, const uint16_t* rows,
+                                  int64_t n, int64_t k, float* y, int64_t ldy) {
+  AttentionScoresTyped(q, ldq, m, rows, n, k, y, ldy);
+}
+BATON_AVX512 void AttentionSums(const float* p, int64_t ldp, int64_t m, const float* const* blocks,
+                                int64_t block_rows, int64_t ldr, int64_t n, int64_t k, float* out,
+                                int64_t ldo) {
+  AttentionSumsTyped(p, ldp, m, blocks, block_rows, ldr, n, k, out, ldo);
+}
+BATON_AVX512 void AttentionSums(const float* p, int64_t ldp, int64_t m,
+                                const uint16_t* const* blocks, int64_t block_rows, int64_t ldr,
+                                int64_t n, int64_t k, float* out, int64_t ldo) {
+  AttentionSumsTyped(p, ldp, m, blocks, block_rows, ldr, n, k, out, ldo);
 }
 
 }  // namespace baton::kernels::avx512

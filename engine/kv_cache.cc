@@ -44,27 +44,33 @@ void KvBlocks::Release() {
   table_.clear();
 }
 
-KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks)
+KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype)
     : num_layers_(num_layers),
       width_(width),
+      dtype_(dtype),
       block_size_(block_size),
       num_blocks_(num_blocks),
-      storage_(static_cast<size_t>(num_layers) * num_blocks * block_size * width * sizeof(float)) {
+      storage_(static_cast<size_t>(num_layers) * num_blocks * block_size * width *
+               DTypeSize(dtype)) {
   free_list_.reserve(num_blocks);
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
 }
 
 void KvCache::ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                          float* out) const {
+                          void* out) const {
+  const int64_t bytes = row_bytes();
   for (int64_t pos = begin; pos < end; ++pos) {
-    std::memcpy(out + (pos - begin) * width_, Row(layer, table, pos), width_ * sizeof(float));
+    std::memcpy(static_cast<uint8_t*>(out) + (pos - begin) * bytes, Row<uint8_t>(layer, table, pos),
+                bytes);
   }
 }
 
 void KvCache::ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                          const float* in) {
+                          const void* in) {
+  const int64_t bytes = row_bytes();
   for (int64_t pos = begin; pos < end; ++pos) {
-    std::memcpy(Row(layer, table, pos), in + (pos - begin) * width_, width_ * sizeof(float));
+    std::memcpy(Row<uint8_t>(layer, table, pos),
+                static_cast<const uint8_t*>(in) + (pos - begin) * bytes, bytes);
   }
 }
 

@@ -1,5 +1,6 @@
 // The paged MLA KV cache: per layer and token, the normalized latent
-// (kv_lora_rank) followed by the roped key (qk_rope_head_dim). Memory is
+// (kv_lora_rank) followed by the roped key (qk_rope_head_dim), as f32 or as
+// bf16 (half the memory and bandwidth; what bf16 activations use). Memory is
 // split into fixed-size blocks; a sequence owns a list of blocks (its block
 // table) through a KvBlocks handle, which frees them when destroyed.
 //
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/dtype.h"
 #include "engine/tensor.h"
 
 namespace baton {
@@ -44,10 +46,16 @@ class KvBlocks {
 
 class KvCache {
  public:
-  KvCache(int num_layers, int width, int block_size, int64_t num_blocks);
+  // `dtype` is DType::kF32 or DType::kBF16.
+  KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype = DType::kF32);
 
   int num_layers() const { return num_layers_; }
   int width() const { return width_; }
+  DType dtype() const { return dtype_; }
+  // "f32" or "bf16": how the KV layout names the element type on the wire.
+  const char* dtype_name() const { return dtype_ == DType::kBF16 ? "bf16" : "f32"; }
+  // Bytes of one token's row in one layer.
+  int64_t row_bytes() const { return width_ * static_cast<int64_t>(DTypeSize(dtype_)); }
   int block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
   int64_t free_blocks() const { return static_cast<int64_t>(free_list_.size()); }
@@ -57,31 +65,36 @@ class KvCache {
   }
   size_t bytes() const { return storage_.size(); }
 
-  // The cache row of token `pos` of a sequence with block table `table`.
-  float* Row(int layer, const std::vector<int32_t>& table, int64_t pos) {
-    return data() + RowOffset(layer, table[pos / block_size_], pos % block_size_);
+  // The cache row of token `pos` of a sequence with block table `table`;
+  // T is float for an f32 cache and uint16_t (bf16 bits) for a bf16 one.
+  template <typename T>
+  T* Row(int layer, const std::vector<int32_t>& table, int64_t pos) {
+    return reinterpret_cast<T*>(storage_.data() + RowOffset(layer, table, pos));
   }
-  const float* Row(int layer, const std::vector<int32_t>& table, int64_t pos) const {
-    return data() + RowOffset(layer, table[pos / block_size_], pos % block_size_);
+  template <typename T>
+  const T* Row(int layer, const std::vector<int32_t>& table, int64_t pos) const {
+    return reinterpret_cast<const T*>(storage_.data() + RowOffset(layer, table, pos));
   }
 
   // Copies tokens [begin, end) of one layer of a sequence to/from a dense
-  // [end-begin][width] buffer: the unit of the disaggregated KV handoff.
+  // buffer of (end-begin) * row_bytes() bytes: the unit of the disaggregated
+  // KV handoff.
   void ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                   float* out) const;
+                   void* out) const;
   void ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                   const float* in);
+                   const void* in);
 
  private:
   friend class KvBlocks;
-  float* data() { return reinterpret_cast<float*>(storage_.data()); }
-  const float* data() const { return reinterpret_cast<const float*>(storage_.data()); }
-  int64_t RowOffset(int layer, int64_t block, int64_t slot) const {
-    return ((layer * num_blocks_ + block) * block_size_ + slot) * width_;
+  // Byte offset of a row in storage_.
+  int64_t RowOffset(int layer, const std::vector<int32_t>& table, int64_t pos) const {
+    const int64_t block = table[pos / block_size_], slot = pos % block_size_;
+    return ((layer * num_blocks_ + block) * block_size_ + slot) * row_bytes();
   }
 
   int num_layers_;
   int width_;
+  DType dtype_;
   int block_size_;
   int64_t num_blocks_;
   AlignedBuffer storage_;

@@ -591,7 +591,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   kv->set_qk_rope_head_dim(c.qk_rope_head_dim);
   kv->set_num_layers(c.num_hidden_layers);
   kv->set_block_size_tokens(loop_->engine().options().kv_block_size);
-  kv->set_dtype("f32");
+  kv->set_dtype(loop_->engine().kv_cache().dtype_name());
   info->set_role(options_.role);
   info->set_has_tokenizer(tokenizer_ != nullptr);
   if (c.bos_token_id >= 0) info->set_bos_token_id(c.bos_token_id);

@@ -298,7 +298,7 @@ void KvReceiver::Serve(int fd) {
   // Frames.
   const auto start = std::chrono::steady_clock::now();
   std::vector<int64_t> rows_per_layer(layout_.layers, 0);
-  std::vector<float> rows;
+  std::vector<uint8_t> rows;
   uint64_t bytes = 0;
   while (true) {
     FrameHeader h;
@@ -332,14 +332,13 @@ void KvReceiver::Serve(int fd) {
       finish(absl::DataLossError("KV frame outside the transfer"));
       return;
     }
-    const size_t count = static_cast<size_t>(h.end - h.begin) * layout_.width;
+    const size_t count = static_cast<size_t>((h.end - h.begin) * layout_.row_bytes());
     rows.resize(count);
-    if (absl::Status s = ReadFull(fd, rows.data(), count * sizeof(float), kIdleTimeoutMs);
-        !s.ok()) {
+    if (absl::Status s = ReadFull(fd, rows.data(), count, kIdleTimeoutMs); !s.ok()) {
       finish(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
       return;
     }
-    bytes += sizeof h + count * sizeof(float);
+    bytes += sizeof h + count;
     if (absl::Status s =
             sink_->ImportKv(request_id, static_cast<int>(h.layer), static_cast<int64_t>(h.begin),
                             static_cast<int64_t>(h.end), rows.data());
@@ -373,7 +372,7 @@ KvSender::~KvSender() {
   }
 }
 
-void KvSender::Send(int layer, int64_t begin, int64_t end, std::vector<float> rows) {
+void KvSender::Send(int layer, int64_t begin, int64_t end, std::vector<uint8_t> rows) {
   std::lock_guard<std::mutex> lock(mu_);
   if (aborted_ || failed_) return;
   queue_.push_back({layer, begin, end, std::move(rows), {}});
@@ -478,7 +477,7 @@ void KvSender::Run() {
                     static_cast<uint64_t>(frame.begin), static_cast<uint64_t>(frame.end)};
       absl::Status s = WriteFull(fd_, &h, sizeof h);
       if (s.ok() && !frame.rows.empty()) {
-        s = WriteFull(fd_, frame.rows.data(), frame.rows.size() * sizeof(float));
+        s = WriteFull(fd_, frame.rows.data(), frame.rows.size());
       }
       if (s.ok() && !frame.closing.empty()) {
         s = WriteFull(fd_, frame.closing.data(), frame.closing.size());
@@ -489,7 +488,7 @@ void KvSender::Run() {
         notify = TakeNotifier(false);
         break;
       }
-      bytes_sent_.fetch_add(sizeof h + frame.rows.size() * sizeof(float));
+      bytes_sent_.fetch_add(sizeof h + frame.rows.size());
       if (static_cast<uint32_t>(frame.layer) == kDoneLayer) {
         notify = TakeNotifier(true);
         break;

@@ -7,7 +7,8 @@
 //   hello   "BATONKV1", u32 n, n bytes of JSON {secret, fingerprint, layers,
 //           width, block_size, dtype, transfer_id}
 //   reply   u32 status (0: accepted), u32 n, n bytes of message
-//   frame   u32 layer, u32 zero, u64 begin, u64 end, (end-begin)*width f32
+//   frame   u32 layer, u32 zero, u64 begin, u64 end, (end-begin) rows of
+//           width elements of dtype (f32 or bf16)
 //   done    a frame with layer 0xffffffff and end = tokens sent; no payload
 //
 // This file is the one place that picks the transport; CUDA IPC and NCCL
@@ -38,9 +39,12 @@ namespace baton {
 struct KvLayout {
   std::string fingerprint;  // Model identity (config and weights).
   int layers = 0;
-  int width = 0;  // Floats per token per layer.
+  int width = 0;  // Elements per token per layer.
   int block_size = 0;
-  std::string dtype = "f32";
+  std::string dtype = "f32";  // "f32" or "bf16".
+
+  // Bytes of one token's row in one layer.
+  int64_t row_bytes() const { return int64_t{width} * (dtype == "bf16" ? 2 : 4); }
 };
 
 // A model identity from its config.json bytes and weight bytes.
@@ -51,8 +55,9 @@ std::string ModelFingerprint(const std::string& model_dir, size_t weight_bytes);
 class KvImportSink {
  public:
   virtual ~KvImportSink() = default;
+  // `rows`: (end - begin) rows of KvLayout::row_bytes() bytes.
   virtual absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                                const float* rows) = 0;
+                                const void* rows) = 0;
 };
 
 // Imports into an engine loop's reserved blocks.
@@ -60,7 +65,7 @@ class EngineLoopKvSink : public KvImportSink {
  public:
   explicit EngineLoopKvSink(EngineLoop* loop) : loop_(loop) {}
   absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const float* rows) override {
+                        const void* rows) override {
     return loop_->ImportKv(request_id, layer, begin, end, rows);
   }
 
@@ -141,7 +146,8 @@ class KvSender {
            std::function<void(absl::Status)> on_failure);
   ~KvSender();
 
-  void Send(int layer, int64_t begin, int64_t end, std::vector<float> rows);
+  // `rows`: (end - begin) rows of KvLayout::row_bytes() bytes.
+  void Send(int layer, int64_t begin, int64_t end, std::vector<uint8_t> rows);
   // Queues the end marker with a closing message for the receiver (at most
   // kMaxClosingBytes; prefill sends the first token there, so that decode
   // has it with the last layer); `on_done` runs on the sender thread once
@@ -156,7 +162,7 @@ class KvSender {
   struct Frame {
     int layer;
     int64_t begin, end;
-    std::vector<float> rows;
+    std::vector<uint8_t> rows;
     std::string closing;  // The end marker's message.
   };
   void Run();

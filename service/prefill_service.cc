@@ -64,7 +64,8 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
     r.prefill_only = true;
     KvSender* sender = state_->sender.get();
     const int delay_ms = service_->layer_delay_ms_;
-    r.kv_sink = [sender, delay_ms](int layer, int64_t begin, int64_t end, std::vector<float> rows) {
+    r.kv_sink = [sender, delay_ms](int layer, int64_t begin, int64_t end,
+                                   std::vector<uint8_t> rows) {
       if (delay_ms > 0) absl::SleepFor(absl::Milliseconds(delay_ms));
       sender->Send(layer, begin, end, std::move(rows));
     };

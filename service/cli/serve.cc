@@ -223,6 +223,7 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   layout.layers = config.num_hidden_layers;
   layout.width = config.kv_cache_width();
   layout.block_size = static_cast<int>(f.kv_block_size);
+  layout.dtype = loop.engine().kv_cache().dtype_name();
   std::unique_ptr<PrefillService> prefill;
   std::unique_ptr<DecodeService> decode;
   std::unique_ptr<KvReceiver> receiver;

@@ -146,14 +146,14 @@ TEST(EngineTest, PrefillHandoffContinuesExactlyAsColocated) {
     auto prefill = MakeEngine(small_steps);
     auto decode = MakeEngine();
     const int layers = prefill->config().num_hidden_layers;
-    const int64_t width = prefill->kv_cache().width();
-    std::vector<std::vector<float>> shipped(layers);  // [layer][pos][width]
+    const int64_t row_bytes = prefill->kv_cache().row_bytes();
+    std::vector<std::vector<uint8_t>> shipped(layers);  // [layer][pos][row bytes]
     EngineRequest p = r;
     p.prefill_only = true;
     p.sampling.max_tokens = 1;
-    p.kv_sink = [&](int layer, int64_t begin, int64_t end, std::vector<float> rows) {
-      ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), begin * width) << "out of order";
-      ASSERT_EQ(static_cast<int64_t>(rows.size()), (end - begin) * width);
+    p.kv_sink = [&](int layer, int64_t begin, int64_t end, std::vector<uint8_t> rows) {
+      ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), begin * row_bytes) << "out of order";
+      ASSERT_EQ(static_cast<int64_t>(rows.size()), (end - begin) * row_bytes);
       shipped[layer].insert(shipped[layer].end(), rows.begin(), rows.end());
     };
     ASSERT_TRUE(prefill->Add(p).ok());
@@ -176,7 +176,7 @@ TEST(EngineTest, PrefillHandoffContinuesExactlyAsColocated) {
     ASSERT_FALSE(blocks.empty());
     const int64_t n = static_cast<int64_t>(r.prompt.size());
     for (int layer = 0; layer < layers; ++layer) {
-      ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), n * width);
+      ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), n * row_bytes);
       decode->kv_cache().ImportLayer(layer, blocks, 0, n, shipped[layer].data());
     }
     std::optional<TokenEvent> handed = decode->ImportDone(7, *first);

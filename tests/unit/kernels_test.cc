@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -111,6 +112,96 @@ TEST(KernelsTest, Bf16PrecisionRoundsActivationsAndStaysBatchInvariant) {
       }
     }
   }
+}
+
+template <typename E>
+std::vector<E> RandomRows(int64_t size, std::mt19937& rng) {
+  std::normal_distribution<float> dist;
+  std::vector<E> v(size);
+  for (E& e : v) {
+    if constexpr (std::is_same_v<E, float>) {
+      e = dist(rng);
+    } else {
+      e = FloatToBf16(dist(rng));
+    }
+  }
+  return v;
+}
+double Value(float v) { return v; }
+double Value(uint16_t v) { return Bf16ToFloat(v); }
+
+// Every head-group and column tail, odd row counts, rows spread over blocks
+// with gaps; results equal to exact sums within fp32 rounding, and the same
+// bits whatever the heads, rows or columns around them.
+template <typename E>
+void CheckAttentionKernels() {
+  std::mt19937 rng(11);
+  for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{
+           {1, 1, 1}, {3, 5, 40}, {8, 16, 576}, {16, 33, 576}, {13, 2, 70}, {20, 47, 512}}) {
+    SCOPED_TRACE(testing::Message() << m << " heads, " << n << " rows, " << k << " columns");
+    const std::vector<float> q = RandomRows<float>(m * k, rng);
+    const std::vector<E> rows = RandomRows<E>(n * k, rng);
+    std::vector<float> y(m * (n + 1), -1.f);
+    kernels::AttentionScores(q.data(), k, m, rows.data(), n, k, y.data(), n + 1);
+    for (int i = 0; i < m; ++i) {
+      for (int j = 0; j < n; ++j) {
+        double want = 0;
+        for (int c = 0; c < k; ++c) want += double{q[i * k + c]} * Value(rows[j * k + c]);
+        EXPECT_NEAR(y[i * (n + 1) + j], want, 1e-5 * k + 1e-6);
+        float alone = 0;  // One head against one row.
+        kernels::AttentionScores(&q[i * k], k, 1, &rows[j * k], 1, k, &alone, 1);
+        ASSERT_EQ(alone, y[i * (n + 1) + j]) << "score (" << i << ", " << j << ") moved";
+      }
+    }
+
+    // Sums over the rows laid out in blocks of 3 with 5 columns of NaN gap.
+    const std::vector<float> p = RandomRows<float>(m * n, rng);
+    const int block_rows = 3, ldr = k + 5;
+    std::vector<E> storage((n / block_rows + 1) * block_rows * ldr);
+    for (E& e : storage) {
+      if constexpr (std::is_same_v<E, float>) {
+        e = NAN;
+      } else {
+        e = 0x7fc0;  // BF16 NaN
+      }
+    }
+    std::vector<const E*> blocks;
+    for (int b = 0; b * block_rows < n; ++b) blocks.push_back(&storage[b * block_rows * ldr]);
+    for (int j = 0; j < n; ++j) {
+      std::copy(&rows[j * k], &rows[j * k] + k,
+                &storage[j / block_rows * block_rows * ldr + j % block_rows * ldr]);
+    }
+    std::vector<float> out(m * (k + 2), -1.f);
+    kernels::AttentionSums(p.data(), n, m, blocks.data(), block_rows, ldr, n, k, out.data(), k + 2);
+    for (int i = 0; i < m; ++i) {
+      for (int c = 0; c < k; ++c) {
+        double want = 0;
+        for (int j = 0; j < n; ++j) want += double{p[i * n + j]} * Value(rows[j * k + c]);
+        EXPECT_NEAR(out[i * (k + 2) + c], want, 1e-5 * n + 1e-6);
+      }
+      EXPECT_EQ(out[i * (k + 2) + k], -1.f) << "wrote past the columns";
+      for (int c0 = 0; c0 < k; c0 += 5) {  // One head, 5 columns at a time.
+        const int cols = std::min(5, k - c0);
+        std::vector<const E*> sliced;
+        for (const E* b : blocks) sliced.push_back(b + c0);
+        std::vector<float> part(cols);
+        kernels::AttentionSums(&p[i * n], n, 1, sliced.data(), block_rows, ldr, n, cols,
+                               part.data(), cols);
+        for (int c = 0; c < cols; ++c) {
+          ASSERT_EQ(part[c], out[i * (k + 2) + c0 + c])
+              << "sum (" << i << ", " << c0 + c << ") moved";
+        }
+      }
+    }
+  }
+}
+
+TEST(KernelsTest, AttentionOverF32CacheMatchesNaiveAndIgnoresGrouping) {
+  CheckAttentionKernels<float>();
+}
+
+TEST(KernelsTest, AttentionOverBf16CacheMatchesNaiveAndIgnoresGrouping) {
+  CheckAttentionKernels<uint16_t>();
 }
 
 TEST(KernelsTest, RmsNormSoftmaxRope) {

@@ -26,18 +26,22 @@ TEST(KvCacheTest, ReserveIsAllOrNothingAndReleaseFreesEverything) {
   EXPECT_EQ(cache.used_blocks(), 0);
 }
 
-TEST(KvCacheTest, ExportImportRoundTripsAcrossCaches) {
-  KvCache src(2, 3, 4, 8), dst(2, 3, 4, 8);
+// Rows of both element types: f32 and BF16 (half the bytes per row).
+template <typename E>
+void CheckExportImportRoundTrip(DType dtype) {
+  KvCache src(2, 3, 4, 8, dtype), dst(2, 3, 4, 8, dtype);
+  ASSERT_EQ(src.row_bytes(), 3 * static_cast<int64_t>(sizeof(E)));
   KvBlocks a(&src), filler(&dst), b(&dst);
   ASSERT_TRUE(filler.Reserve(5));  // Different physical blocks on each side.
   ASSERT_TRUE(a.Reserve(10));
   ASSERT_TRUE(b.Reserve(10));
+  auto value = [](int layer, int pos, int d) { return static_cast<E>(layer * 100 + pos * 10 + d); };
   for (int layer = 0; layer < 2; ++layer) {
     for (int pos = 0; pos < 10; ++pos) {
-      for (int d = 0; d < 3; ++d) src.Row(layer, a.table(), pos)[d] = layer * 100 + pos * 10 + d;
+      for (int d = 0; d < 3; ++d) src.Row<E>(layer, a.table(), pos)[d] = value(layer, pos, d);
     }
   }
-  std::vector<float> buffer(10 * 3);
+  std::vector<uint8_t> buffer(10 * src.row_bytes());
   for (int layer = 0; layer < 2; ++layer) {
     src.ExportLayer(layer, a.table(), 0, 10, buffer.data());
     dst.ImportLayer(layer, b.table(), 0, 10, buffer.data());
@@ -45,10 +49,16 @@ TEST(KvCacheTest, ExportImportRoundTripsAcrossCaches) {
   for (int layer = 0; layer < 2; ++layer) {
     for (int pos = 0; pos < 10; ++pos) {
       for (int d = 0; d < 3; ++d) {
-        EXPECT_EQ(dst.Row(layer, b.table(), pos)[d], layer * 100 + pos * 10 + d);
+        EXPECT_EQ(dst.Row<E>(layer, b.table(), pos)[d], value(layer, pos, d));
       }
     }
   }
+}
+
+TEST(KvCacheTest, ExportImportRoundTripsAcrossCaches) {
+  CheckExportImportRoundTrip<float>(DType::kF32);
+  CheckExportImportRoundTrip<uint16_t>(DType::kBF16);
+  EXPECT_EQ(KvCache(1, 576, 16, 2, DType::kBF16).bytes(), 576u * 16 * 2 * 2);
 }
 
 }  // namespace

@@ -16,9 +16,10 @@ using ::testing::HasSubstr;
 class RecordingSink : public KvImportSink {
  public:
   absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const float* rows) override {
+                        const void* bytes) override {
     absl::MutexLock lock(&mu_);
     if (request_id != 7) return absl::NotFoundError("unknown request");
+    const float* rows = static_cast<const float*>(bytes);
     for (int64_t pos = begin; pos < end; ++pos) {
       for (int d = 0; d < kWidth; ++d)
         rows_[std::make_pair(layer, pos)].push_back(rows[(pos - begin) * kWidth + d]);
@@ -32,12 +33,14 @@ class RecordingSink : public KvImportSink {
 
 const KvLayout kLayout{"model-a", 2, RecordingSink::kWidth, 16, "f32"};
 
-std::vector<float> Rows(int layer, int64_t begin, int64_t end) {
+// The f32 rows' bytes, as the engine hands them over.
+std::vector<uint8_t> Rows(int layer, int64_t begin, int64_t end) {
   std::vector<float> rows;
   for (int64_t pos = begin; pos < end; ++pos) {
     for (int d = 0; d < RecordingSink::kWidth; ++d) rows.push_back(layer * 1000 + pos * 10 + d);
   }
-  return rows;
+  const auto* bytes = reinterpret_cast<const uint8_t*>(rows.data());
+  return std::vector<uint8_t>(bytes, bytes + rows.size() * sizeof(float));
 }
 
 struct Channel {
