@@ -17,7 +17,7 @@ Matrix RandomBf16(int64_t rows, int64_t cols) {
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0, 0.02f);
   for (int64_t i = 0; i < rows * cols; ++i) m.bf16()[i] = FloatToBf16(dist(rng));
-  return m;
+  return m.ToPanels();  // As the model stores its weights.
 }
 
 ThreadPool& Pool() {
@@ -26,9 +26,12 @@ ThreadPool& Pool() {
 }
 
 // Decode-shaped GEMV/GEMM over a set of matrices larger than the caches, so
-// weights stream from DRAM as in a real decode step.
+// weights stream from DRAM as in a real decode step; the fourth argument 1
+// runs BF16 activations (kernels::Precision::kBf16).
 void BM_MatMulBf16(benchmark::State& state) {
   const int64_t m = state.range(0), rows = state.range(1), cols = state.range(2);
+  const kernels::Precision precision =
+      state.range(3) != 0 ? kernels::Precision::kBf16 : kernels::Precision::kF32;
   const int copies =
       static_cast<int>(std::max<int64_t>(1, (int64_t{256} << 20) / (rows * cols * 2)));
   std::vector<Matrix> ws;
@@ -36,7 +39,7 @@ void BM_MatMulBf16(benchmark::State& state) {
   std::vector<float> x(m * cols, 0.5f), y(m * rows);
   int i = 0;
   for (auto _ : state) {
-    kernels::MatMul(x.data(), cols, m, ws[i++ % copies], y.data(), rows, Pool());
+    kernels::MatMul(x.data(), cols, m, ws[i++ % copies], y.data(), rows, Pool(), precision);
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(state.iterations() * rows * cols * 2);
@@ -44,11 +47,10 @@ void BM_MatMulBf16(benchmark::State& state) {
       static_cast<double>(state.iterations()) * 2 * m * rows * cols, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_MatMulBf16)
-    ->Args({1, 2048, 7168})    // V3 q_a/kv_a-like row block, batch 1
-    ->Args({8, 2048, 7168})    // batch 8
-    ->Args({32, 2048, 7168})   // batch 32
-    ->Args({1, 7168, 2048})    // expert down-projection
-    ->Args({512, 2048, 2048})  // prefill panel
+    ->ArgsProduct({{1}, {2048}, {7168}, {0, 1}})     // V3 q_a/kv_a-like row block, batch 1
+    ->ArgsProduct({{8, 32}, {2048}, {7168}, {0, 1}})  // batches 8 and 32
+    ->ArgsProduct({{1}, {7168}, {2048}, {0, 1}})     // expert down-projection
+    ->ArgsProduct({{512}, {2048}, {2048}, {0, 1}})   // prefill panel
     ->UseRealTime();
 
 // MLA decode attention over one layer's latent cache of `context` rows in

@@ -74,6 +74,19 @@ BATON_AVX512 void MatMulRowsTyped(const float* x, int64_t ldx, int64_t m, int64_
   for (; j < row_end; ++j) TileRows<1>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
 }
 
+// A panel is one sequential stream, and one stream per core leaves memory
+// idle between the hardware prefetcher's requests on some CPUs (measured on
+// a 2-core Xeon VM: 15 GB/s of its 30); asking for the slice kPrefetchBytes
+// ahead keeps enough lines in flight.
+constexpr int64_t kPrefetchBytes = 4096;
+template <typename W>
+BATON_AVX512 inline void PrefetchAhead(const W* slice) {
+  const char* ahead = reinterpret_cast<const char*>(slice) + kPrefetchBytes;
+  for (size_t line = 0; line < 4 * kPanelCols * sizeof(W); line += 64) {
+    _mm_prefetch(ahead + line, _MM_HINT_T0);
+  }
+}
+
 // Tile<4, T> over one panel (kPanelRows rows, padded columns): the same
 // multiply-adds in the same order, so results equal the row-major tile's bit
 // for bit; only the addresses differ. Stores the first `rows` rows.
@@ -86,6 +99,7 @@ BATON_AVX512 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* pan
   // One 32-column slice (4 rows x 32) per iteration, as two 16-column halves.
   const W* p = panel;
   for (int64_t c = 0; c < k; c += kPanelCols, p += 4 * kPanelCols) {
+    PrefetchAhead(p);
     for (int half = 0; half < 2; ++half) {
       const int64_t ch = c + 16 * half;
       if (ch >= k) break;
@@ -204,6 +218,7 @@ BATON_AVX512_BF16 void PanelTileBf16(const uint16_t* xb, int64_t ldxb, int64_t p
   for (int r = 0; r < 4; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
   for (int64_t c = 0; c < padded; c += kPanelCols, panel += 4 * kPanelCols) {
+    PrefetchAhead(panel);
     __m512bh xv[T];
     for (int t = 0; t < T; ++t) xv[t] = (__m512bh)_mm512_loadu_si512(xb + t * ldxb + c);
     for (int r = 0; r < 4; ++r) {
