@@ -73,6 +73,8 @@ BATON_AVX2 void MatMulRowsTyped(const float* x, int64_t ldx, int64_t m, int64_t 
   for (; j < row_end; ++j) TileRows<1>(x, ldx, m, k, w + j * k, y + (j - row_begin), ldy);
 }
 
+constexpr int64_t kPrefetchBytes = 4096;
+
 // Tile<4, T> over one panel (see Matrix): the same multiply-adds in the same
 // order as the row-major tile, only at other addresses. Stores the first
 // `rows` rows.
@@ -87,6 +89,14 @@ BATON_AVX2 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* panel
   };
   const int64_t k8 = k / 8 * 8;
   for (int64_t c = 0; c < k8; c += 8) {
+    // A panel is one sequential stream: keep lines in flight ahead of it
+    // (see kernels_avx512.cc).
+    if (c % kPanelCols == 0) {
+      const char* slice = reinterpret_cast<const char*>(at(0, c)) + kPrefetchBytes;
+      for (size_t line = 0; line < 4 * kPanelCols * sizeof(W); line += 64) {
+        _mm_prefetch(slice + line, _MM_HINT_T0);
+      }
+    }
     __m256 xv[T];
     for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(x + t * ldx + c);
     for (int r = 0; r < 4; ++r) {
