@@ -250,6 +250,10 @@ void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin) 
 }
 
 void Softmax(float* x, int64_t n) {
+  if (HasAvx512()) {
+    avx512::Softmax(x, n);
+    return;
+  }
   float max = -INFINITY;
   for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
   float sum = 0.f;

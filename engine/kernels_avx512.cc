@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
 
@@ -15,6 +16,11 @@
 
 namespace baton::kernels::avx512 {
 namespace {
+
+// Lanes for the `left` columns still to do, at most 16.
+inline __mmask16 ColumnMask(int64_t left) {
+  return left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
+}
 
 BATON_AVX512 inline __m512 LoadWeights(const float* p, __mmask16 mask) {
   return _mm512_maskz_loadu_ps(mask, p);
@@ -194,6 +200,50 @@ BATON_AVX512 float Dot(const float* a, const float* b, int64_t n) {
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+namespace {
+
+// e^x for x <= 0 (softmax inputs after subtracting the maximum), to about
+// 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor
+// polynomial (Horner), times 2^n. Below -87.3 the result underflows to 0.
+BATON_AVX512 inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // ln 2 in two parts, so that n * ln2_hi is exact.
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+}  // namespace
+
+BATON_AVX512 void Softmax(float* x, int64_t n) {
+  __m512 max = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += 16) {
+    max = _mm512_max_ps(max, _mm512_mask_loadu_ps(max, ColumnMask(n - i), x + i));
+  }
+  const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = ColumnMask(n - i);
+    const __m512 e = ExpNonPositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, x + i), top));
+    _mm512_mask_storeu_ps(x + i, mask, e);
+    sum = _mm512_mask_add_ps(sum, mask, sum, e);
+  }
+  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 mask = ColumnMask(n - i);
+    _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), inv));
+  }
+}
+
 BATON_AVX512 void Axpy(float a, const float* x, float* y, int64_t n) {
   const __m512 av = _mm512_set1_ps(a);
   for (int64_t i = 0; i < n; i += 16) {
@@ -273,10 +323,6 @@ BATON_AVX512 inline void ForEachHeadGroup(int64_t m, Fn&& fn) {
     default:
       break;
   }
-}
-
-inline __mmask16 ColumnMask(int64_t left) {
-  return left >= 16 ? 0xffff : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
 }
 
 // Lane a of the result is the sum of v[a]'s 16 lanes. Four rounds of

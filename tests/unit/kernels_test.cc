@@ -1,5 +1,6 @@
 #include "engine/kernels.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <random>
@@ -202,6 +203,30 @@ TEST(KernelsTest, AttentionOverF32CacheMatchesNaiveAndIgnoresGrouping) {
 
 TEST(KernelsTest, AttentionOverBf16CacheMatchesNaiveAndIgnoresGrouping) {
   CheckAttentionKernels<uint16_t>();
+}
+
+// Every length class (tails of 16), spreads from tiny to beyond the float
+// exponent's range (those underflow to 0, as in exact arithmetic).
+TEST(KernelsTest, SoftmaxMatchesDoublePrecision) {
+  std::mt19937 rng(3);
+  for (int n : {1, 7, 16, 33, 2048}) {
+    for (float spread : {1e-3f, 1.f, 30.f, 200.f}) {
+      std::normal_distribution<float> dist(5.f, spread);
+      std::vector<float> x(n);
+      for (float& v : x) v = dist(rng);
+      std::vector<double> want(x.begin(), x.end());
+      const double top = *std::max_element(want.begin(), want.end());
+      double sum = 0;
+      for (double& v : want) sum += (v = std::exp(v - top));
+      kernels::Softmax(x.data(), n);
+      for (int i = 0; i < n; ++i) {
+        // Relative 2e-5: x - max is rounded to float first, and e^(x - max)
+        // inherits that rounding (up to 4e-6 for arguments near -87).
+        ASSERT_NEAR(x[i], want[i] / sum, 2e-5 * want[i] / sum + 1e-37)
+            << "n=" << n << " spread=" << spread << " i=" << i;
+      }
+    }
+  }
 }
 
 TEST(KernelsTest, RmsNormSoftmaxRope) {
