@@ -480,24 +480,66 @@ void DeepseekModel::Moe(const MoeWeights& moe, ThreadPool& pool) {
     for (size_t i = 0; i < experts.size(); ++i) assigned[experts[i]].push_back({t, weights[i]});
   }
 
-  if (moe.shared.inter > 0) {
-    Mlp(moe.shared, ws.xn.data(), T, ws.out.data(), pool);
-  } else {
-    std::fill_n(ws.out.begin(), T * hidden, 0.0f);
-  }
+  // Every active expert (and the shared one) in two fork-joins, one for the
+  // gate/up products and one for the down products, instead of two each: a
+  // decode step's experts are each too small to be worth waking the threads.
+  // Each expert's rows of tokens are stacked in expert_in; `first` is where.
+  std::vector<int64_t> first(n + 1, 0);
+  for (int64_t e = 0; e < n; ++e) first[e + 1] = first[e] + assigned[e].size();
+  const int64_t rows = first[n];
+  EnsureSize(ws.expert_in, rows * hidden);
+  EnsureSize(ws.expert_out, rows * hidden);
   for (int64_t e = 0; e < n; ++e) {
-    const auto& tokens = assigned[e];
-    if (tokens.empty()) continue;
-    const int64_t m = static_cast<int64_t>(tokens.size());
-    EnsureSize(ws.expert_in, m * hidden);
-    EnsureSize(ws.expert_out, m * hidden);
-    for (int64_t r = 0; r < m; ++r) {
-      std::copy_n(&ws.xn[tokens[r].first * hidden], hidden, &ws.expert_in[r * hidden]);
+    for (size_t r = 0; r < assigned[e].size(); ++r) {
+      std::copy_n(&ws.xn[assigned[e][r].first * hidden], hidden,
+                  &ws.expert_in[(first[e] + r) * hidden]);
     }
-    Mlp(moe.experts[e], ws.expert_in.data(), m, ws.expert_out.data(), pool);
-    for (int64_t r = 0; r < m; ++r) {
-      kernels::Axpy(tokens[r].second, &ws.expert_out[r * hidden], &ws.out[tokens[r].first * hidden],
-                    hidden);
+  }
+  struct Part {
+    const MlpWeights* mlp;
+    const float* in;
+    int64_t rows;
+    float* out;
+    int64_t hidden_at = 0;  // Offset of its gate/up outputs in mlp_hidden.
+  };
+  std::vector<Part> parts;
+  if (moe.shared.inter > 0) parts.push_back({&moe.shared, ws.xn.data(), T, ws.out.data()});
+  for (int64_t e = 0; e < n; ++e) {
+    if (first[e + 1] == first[e]) continue;
+    parts.push_back({&moe.experts[e], &ws.expert_in[first[e] * hidden], first[e + 1] - first[e],
+                     &ws.expert_out[first[e] * hidden]});
+  }
+  int64_t hidden_floats = 0;
+  for (Part& p : parts) {
+    p.hidden_at = hidden_floats;
+    hidden_floats += p.rows * 2 * p.mlp->inter;
+  }
+  EnsureSize(ws.mlp_hidden, hidden_floats);
+  std::vector<kernels::Product> products;
+  for (const Part& p : parts) {
+    products.push_back(
+        {p.in, hidden, p.rows, &p.mlp->gate_up, &ws.mlp_hidden[p.hidden_at], 2 * p.mlp->inter});
+  }
+  kernels::MatMulMany(products, pool, precision_);
+  products.clear();
+  for (const Part& p : parts) {
+    const int64_t inter = p.mlp->inter;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      float* h = &ws.mlp_hidden[p.hidden_at + r * 2 * inter];
+      for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
+    }
+    products.push_back(
+        {&ws.mlp_hidden[p.hidden_at], 2 * inter, p.rows, &p.mlp->down, p.out, hidden});
+    Account(p.mlp->gate_up, p.rows);
+    Account(p.mlp->down, p.rows);
+  }
+  kernels::MatMulMany(products, pool, precision_);
+  if (moe.shared.inter == 0) std::fill_n(ws.out.begin(), T * hidden, 0.0f);
+  // In expert order, so that a token's sum never depends on the batch.
+  for (int64_t e = 0; e < n; ++e) {
+    for (size_t r = 0; r < assigned[e].size(); ++r) {
+      kernels::Axpy(assigned[e][r].second, &ws.expert_out[(first[e] + r) * hidden],
+                    &ws.out[assigned[e][r].first * hidden], hidden);
     }
   }
 }

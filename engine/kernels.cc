@@ -108,6 +108,52 @@ void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t
       ldy);
 }
 
+namespace {
+
+// Weight rows per chunk handed to a thread: at least ~32K multiply-adds
+// (smaller ones cost more to hand out than to compute), in whole panels so
+// that every chunk starts on a panel boundary.
+int64_t ChunkRows(int64_t tokens, const Matrix& w) {
+  const int64_t grain =
+      std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, tokens * w.cols));
+  return (grain + kPanelRows - 1) / kPanelRows * kPanelRows;
+}
+
+}  // namespace
+
+void MatMulMany(const std::vector<Product>& products, ThreadPool& pool, Precision precision) {
+  struct Chunk {
+    size_t product;
+    int64_t begin, end;
+  };
+  std::vector<Chunk> chunks;
+  std::vector<std::vector<uint16_t>> xb(products.size());
+  for (size_t i = 0; i < products.size(); ++i) {
+    const Product& p = products[i];
+    if (p.m == 0) continue;
+    if (UseBf16(*p.w, precision)) {  // Rounded once per product, not once per chunk.
+      ToBf16Rows(p.x, p.ldx, p.m, p.w->cols, p.w->padded_cols(), &xb[i]);
+    }
+    const int64_t grain = ChunkRows(p.m, *p.w);
+    for (int64_t r = 0; r < p.w->rows; r += grain) {
+      chunks.push_back({i, r, std::min(p.w->rows, r + grain)});
+    }
+  }
+  pool.ParallelFor(static_cast<int64_t>(chunks.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const Chunk& chunk = chunks[c];
+      const Product& p = products[chunk.product];
+      float* y = p.y + chunk.begin;
+      if (!xb[chunk.product].empty()) {
+        avx512::MatMulRowsBf16(xb[chunk.product].data(), p.w->padded_cols(), p.m, *p.w, chunk.begin,
+                               chunk.end, y, p.ldy);
+      } else {
+        MatMulRows(p.x, p.ldx, p.m, *p.w, chunk.begin, chunk.end, y, p.ldy);
+      }
+    }
+  });
+}
+
 void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
             ThreadPool& pool, Precision precision) {
   const bool bf16 = UseBf16(w, precision);
@@ -117,12 +163,7 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
   constexpr int64_t kPanel = 64;
   for (int64_t i0 = 0; i0 < m; i0 += kPanel) {
     const int64_t rows = std::min(kPanel, m - i0);
-    // Chunks of at least ~32K multiply-adds: smaller ones cost more to hand
-    // out than to compute.
-    // Whole panels, so that every chunk starts on a panel boundary.
-    int64_t grain =
-        std::max<int64_t>(16, (int64_t{32} << 10) / std::max<int64_t>(1, rows * w.cols));
-    grain = (grain + kPanelRows - 1) / kPanelRows * kPanelRows;
+    const int64_t grain = ChunkRows(rows, w);
     if (bf16) {
       // Rounded once per panel, not once per chunk.
       const int64_t padded = w.padded_cols();

@@ -6,6 +6,7 @@
 #define BATON_ENGINE_KERNELS_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "engine/tensor.h"
 #include "engine/thread_pool.h"
@@ -30,6 +31,20 @@ bool HasBf16DotProducts();
 // once for all m rows of x (m small: decode) or once per 64-row panel.
 void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, int64_t ldy,
             ThreadPool& pool, Precision precision = Precision::kF32);
+// One product of MatMulMany: y = x w^T, as MatMul's arguments.
+struct Product {
+  const float* x;
+  int64_t ldx;
+  int64_t m;
+  const Matrix* w;
+  float* y;
+  int64_t ldy;
+};
+// Independent products in one fork-join of the pool: a decode step's
+// experts, each too small to be worth waking the threads for alone. Each
+// result equals MatMul's bit for bit.
+void MatMulMany(const std::vector<Product>& products, ThreadPool& pool,
+                Precision precision = Precision::kF32);
 // The same on rows [row_begin, row_end) of w only, single-threaded; y column
 // 0 is weight row row_begin. When w is in panels, row_begin must be a
 // multiple of kPanelRows.
