@@ -1,5 +1,7 @@
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -95,6 +97,122 @@ __global__ void RopeKernel(float* x, int64_t rows, int64_t dim, const float* cos
   v[2 * i + 1] = a * sin[i] + b * cos[i];
 }
 
+// MLA decode attention: three kernels (scores, softmax, sums), each over
+// tiles of kHeadTile heads, so that a cache row read from memory serves all
+// of a tile's heads.
+constexpr int kHeadTile = 16;
+constexpr int kScoreRows = 64;   // Rows per scores block.
+constexpr int kSumColumns = 64;  // Latent columns per sums block.
+constexpr int kThreads = 256;
+
+__device__ const uint16_t* CacheRow(const uint16_t* cache, const int32_t* table, int64_t block_rows,
+                                    int64_t width, int64_t j) {
+  return cache +
+         (static_cast<int64_t>(table[j / block_rows]) * block_rows + j % block_rows) * width;
+}
+
+// grid (tokens, head tiles, row tiles); dynamic shared memory: the tile's
+// queries, kHeadTile x width floats. Each warp takes rows; its lanes stride
+// the row's columns, and one shuffle reduction per head finishes a score.
+__global__ void MlaScoresKernel(const float* q, int64_t heads, int64_t width, const uint16_t* cache,
+                                int64_t block_rows, const int32_t* tables, int64_t max_blocks,
+                                const int32_t* lengths, float scale, int64_t max_len,
+                                float* scores) {
+  extern __shared__ float qs[];
+  const int64_t t = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kHeadTile;
+  const int hb = static_cast<int>(min(static_cast<int64_t>(kHeadTile), heads - h0));
+  const int64_t len = lengths[t], j0 = static_cast<int64_t>(blockIdx.z) * kScoreRows;
+  if (j0 >= len) return;  // The whole block leaves together.
+  for (int64_t i = threadIdx.x; i < hb * width; i += blockDim.x) {
+    qs[i] = q[(t * heads + h0) * width + i];
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int32_t* table = tables + t * max_blocks;
+  const int64_t j1 = min(j0 + kScoreRows, len);
+  for (int64_t j = j0 + warp; j < j1; j += warps) {
+    const uint16_t* row = CacheRow(cache, table, block_rows, width, j);
+    float partial[kHeadTile];
+    for (int h = 0; h < kHeadTile; ++h) partial[h] = 0.f;
+    for (int64_t c = lane; c < width; c += 32) {
+      const float v = Bf16ToFloat(row[c]);
+      for (int h = 0; h < kHeadTile; ++h) {
+        if (h < hb) partial[h] += v * qs[h * width + c];
+      }
+    }
+    for (int h = 0; h < kHeadTile; ++h) {
+      for (int offset = 16; offset > 0; offset /= 2) {
+        partial[h] += __shfl_xor_sync(0xffffffffu, partial[h], offset);
+      }
+    }
+    if (lane == 0) {
+      for (int h = 0; h < hb; ++h)
+        scores[((t * heads) + h0 + h) * max_len + j] = partial[h] * scale;
+    }
+  }
+}
+
+// The block's reduction of one value per thread with `op`.
+template <typename Op>
+__device__ float BlockReduce(float v, Op op, float* shared) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // `shared` may still be read from the previous call.
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = shared[0];
+  for (int w = 1; w < warps; ++w) v = op(v, shared[w]);
+  return v;
+}
+
+// grid (tokens, heads): one block per softmax, in place.
+__global__ void MlaSoftmaxKernel(float* scores, int64_t heads, const int32_t* lengths,
+                                 int64_t max_len) {
+  __shared__ float shared[32];
+  float* s = scores + (static_cast<int64_t>(blockIdx.x) * heads + blockIdx.y) * max_len;
+  const int64_t len = lengths[blockIdx.x];
+  float top = -INFINITY;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) top = fmaxf(top, s[j]);
+  top = BlockReduce(
+      top, [](float a, float b) { return fmaxf(a, b); }, shared);
+  float sum = 0.f;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+    s[j] = expf(s[j] - top);
+    sum += s[j];
+  }
+  sum = BlockReduce(
+      sum, [](float a, float b) { return a + b; }, shared);
+  const float inv = 1.f / sum;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) s[j] *= inv;
+}
+
+// grid (tokens, head tiles, column tiles); 16 threads per head, 4 adjacent
+// columns each: a row's 64 columns are one coalesced read shared by the
+// tile's heads.
+__global__ void MlaSumsKernel(const float* probs, int64_t heads, int64_t width, int64_t lora,
+                              const uint16_t* cache, int64_t block_rows, const int32_t* tables,
+                              int64_t max_blocks, const int32_t* lengths, int64_t max_len,
+                              float* out) {
+  const int64_t t = blockIdx.x;
+  const int64_t h = static_cast<int64_t>(blockIdx.y) * kHeadTile + threadIdx.x / 16;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.z) * kSumColumns + (threadIdx.x % 16) * 4;
+  if (h >= heads || c0 >= lora) return;
+  const int64_t len = lengths[t];
+  const int32_t* table = tables + t * max_blocks;
+  const float* p = probs + (t * heads + h) * max_len;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t j = 0; j < len; ++j) {
+    const uint16_t* row = CacheRow(cache, table, block_rows, width, j) + c0;
+    const float pj = p[j];
+    for (int e = 0; e < 4; ++e) {
+      if (c0 + e < lora) acc[e] += pj * Bf16ToFloat(row[e]);
+    }
+  }
+  for (int e = 0; e < 4; ++e) {
+    if (c0 + e < lora) out[(t * heads + h) * lora + c0 + e] = acc[e];
+  }
+}
+
 // Copies `count` elements to a new device buffer.
 template <typename T>
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t count, cudaStream_t s) {
@@ -182,6 +300,73 @@ absl::Status RopeInterleaved(float* x, int64_t rows, int64_t dim, const float* c
   RopeKernel<<<static_cast<unsigned>((pairs + 255) / 256), 256, 0, stream.get()>>>(
       (*dx)->get<float>(), rows, dim, (*dc)->get<float>(), (*ds)->get<float>());
   return FinishLaunch("Rope", x, (*dx)->get<float>(), rows * dim, stream.get());
+}
+
+absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, int64_t width,
+                                int64_t lora, const uint16_t* cache, int64_t cache_blocks,
+                                int64_t block_rows, const int32_t* block_tables, int64_t max_blocks,
+                                const int32_t* lengths, float scale, float* out) {
+  if (tokens <= 0 || heads <= 0 || lora <= 0 || lora > width || block_rows <= 0) {
+    return absl::InvalidArgumentError("MlaDecodeAttention: bad shape");
+  }
+  int64_t max_len = 1;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (lengths[t] <= 0 || lengths[t] > max_blocks * block_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("MlaDecodeAttention: token ", t, " has length ", lengths[t]));
+    }
+    for (int64_t b = 0; b * block_rows < lengths[t]; ++b) {
+      const int32_t block = block_tables[t * max_blocks + b];
+      if (block < 0 || block >= cache_blocks) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("MlaDecodeAttention: token ", t, " names cache block ", block));
+      }
+    }
+    max_len = std::max<int64_t>(max_len, lengths[t]);
+  }
+  Stream stream;
+  if (!stream.status().ok()) return stream.status();
+  auto dq = Upload(q, tokens * heads * width, stream.get());
+  if (!dq.ok()) return dq.status();
+  auto dcache = Upload(cache, cache_blocks * block_rows * width, stream.get());
+  if (!dcache.ok()) return dcache.status();
+  auto dtables = Upload(block_tables, tokens * max_blocks, stream.get());
+  if (!dtables.ok()) return dtables.status();
+  auto dlengths = Upload(lengths, tokens, stream.get());
+  if (!dlengths.ok()) return dlengths.status();
+  DeviceBuffer scores(sizeof(float) * tokens * heads * max_len);
+  DeviceBuffer dout(sizeof(float) * tokens * heads * lora);
+  if (!scores.status().ok()) return scores.status();
+  if (!dout.status().ok()) return dout.status();
+  const unsigned head_tiles = static_cast<unsigned>((heads + kHeadTile - 1) / kHeadTile);
+  const dim3 score_grid(static_cast<unsigned>(tokens), head_tiles,
+                        static_cast<unsigned>((max_len + kScoreRows - 1) / kScoreRows));
+  const size_t query_bytes = sizeof(float) * kHeadTile * width;
+  if (query_bytes > 48 * 1024) {
+    if (absl::Status s =
+            Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(query_bytes)),
+                  "MlaScores shared memory");
+        !s.ok()) {
+      return s;
+    }
+  }
+  MlaScoresKernel<<<score_grid, kThreads, query_bytes, stream.get()>>>(
+      (*dq)->get<float>(), heads, width, (*dcache)->get<uint16_t>(), block_rows,
+      (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), scale, max_len,
+      scores.get<float>());
+  if (absl::Status s = Check(cudaGetLastError(), "MlaScores"); !s.ok()) return s;
+  MlaSoftmaxKernel<<<dim3(static_cast<unsigned>(tokens), static_cast<unsigned>(heads)), kThreads, 0,
+                     stream.get()>>>(scores.get<float>(), heads, (*dlengths)->get<int32_t>(),
+                                     max_len);
+  if (absl::Status s = Check(cudaGetLastError(), "MlaSoftmax"); !s.ok()) return s;
+  const dim3 sum_grid(static_cast<unsigned>(tokens), head_tiles,
+                      static_cast<unsigned>((lora + kSumColumns - 1) / kSumColumns));
+  MlaSumsKernel<<<sum_grid, kThreads, 0, stream.get()>>>(
+      scores.get<float>(), heads, width, lora, (*dcache)->get<uint16_t>(), block_rows,
+      (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), max_len,
+      dout.get<float>());
+  return FinishLaunch("MlaSums", out, dout.get<float>(), tokens * heads * lora, stream.get());
 }
 
 }  // namespace baton::cuda

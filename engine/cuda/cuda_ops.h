@@ -37,6 +37,20 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
 absl::Status RopeInterleaved(float* x, int64_t rows, int64_t dim, const float* cos,
                              const float* sin);
 
+// MLA decode attention in the absorbed form over a paged BF16 latent cache:
+// the GPU counterpart of the CPU attention core (kernels::AttentionScores,
+// softmax, kernels::AttentionSums). For each of `tokens` queries q[t]
+// ([heads][width] fp32: the absorbed latent part, then the roped part),
+// scores against rows [0, lengths[t]) of its sequence, softmax of the
+// scores times `scale`, and out[t][h] = the probability-weighted sum of the
+// rows' first `lora` columns ([tokens][heads][lora]). `cache` holds
+// `cache_blocks` blocks of `block_rows` rows of `width` BF16 values; token
+// t's row j lives in block block_tables[t * max_blocks + j / block_rows].
+absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, int64_t width,
+                                int64_t lora, const uint16_t* cache, int64_t cache_blocks,
+                                int64_t block_rows, const int32_t* block_tables, int64_t max_blocks,
+                                const int32_t* lengths, float scale, float* out);
+
 }  // namespace baton::cuda
 
 #endif  // BATON_ENGINE_CUDA_CUDA_OPS_H_
