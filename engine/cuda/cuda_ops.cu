@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_ops.h"
@@ -367,6 +368,91 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
       (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), max_len,
       dout.get<float>());
   return FinishLaunch("MlaSums", out, dout.get<float>(), tokens * heads * lora, stream.get());
+}
+
+absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int64_t context,
+                                              int reps) {
+  constexpr int64_t kWidth = 576, kLora = 512, kBlockRows = 64;
+  if (tokens <= 0 || heads <= 0 || context <= 0 || reps <= 0) {
+    return absl::InvalidArgumentError("TimeMlaDecodeAttention: bad shape");
+  }
+  const int64_t max_blocks = (context + kBlockRows - 1) / kBlockRows;
+  const int64_t blocks = tokens * max_blocks;
+  std::vector<float> q(tokens * heads * kWidth);
+  std::vector<uint16_t> cache(blocks * kBlockRows * kWidth);
+  std::vector<int32_t> tables(blocks), lengths(tokens, static_cast<int32_t>(context));
+  uint32_t x = 12345;  // Any values do: only time is measured.
+  for (float& v : q) v = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) * 1e-8f;
+  for (uint16_t& v : cache) v = static_cast<uint16_t>(0x3c00 + ((x = x * 1664525u + 1u) >> 24));
+  for (int64_t b = 0; b < blocks; ++b) tables[b] = static_cast<int32_t>(b);
+  Stream stream;
+  if (!stream.status().ok()) return stream.status();
+  auto dq = Upload(q.data(), q.size(), stream.get());
+  if (!dq.ok()) return dq.status();
+  auto dcache = Upload(cache.data(), cache.size(), stream.get());
+  if (!dcache.ok()) return dcache.status();
+  auto dtables = Upload(tables.data(), tables.size(), stream.get());
+  if (!dtables.ok()) return dtables.status();
+  auto dlengths = Upload(lengths.data(), lengths.size(), stream.get());
+  if (!dlengths.ok()) return dlengths.status();
+  DeviceBuffer scores(sizeof(float) * tokens * heads * context);
+  DeviceBuffer dout(sizeof(float) * tokens * heads * kLora);
+  if (!scores.status().ok()) return scores.status();
+  if (!dout.status().ok()) return dout.status();
+  const size_t query_bytes = sizeof(float) * kHeadTile * kWidth;
+  if (absl::Status s =
+          Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(query_bytes)),
+                "MlaScores shared memory");
+      !s.ok()) {
+    return s;
+  }
+  const unsigned head_tiles = static_cast<unsigned>((heads + kHeadTile - 1) / kHeadTile);
+  auto launch = [&] {
+    MlaScoresKernel<<<dim3(static_cast<unsigned>(tokens), head_tiles,
+                           static_cast<unsigned>((context + kScoreRows - 1) / kScoreRows)),
+                      kThreads, query_bytes, stream.get()>>>(
+        (*dq)->get<float>(), heads, kWidth, (*dcache)->get<uint16_t>(), kBlockRows,
+        (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), 0.04f, context,
+        scores.get<float>());
+    MlaSoftmaxKernel<<<dim3(static_cast<unsigned>(tokens), static_cast<unsigned>(heads)), kThreads,
+                       0, stream.get()>>>(scores.get<float>(), heads, (*dlengths)->get<int32_t>(),
+                                          context);
+    MlaSumsKernel<<<dim3(static_cast<unsigned>(tokens), head_tiles,
+                         static_cast<unsigned>(kLora / kSumColumns)),
+                    kThreads, 0, stream.get()>>>(
+        scores.get<float>(), heads, kWidth, kLora, (*dcache)->get<uint16_t>(), kBlockRows,
+        (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), context,
+        dout.get<float>());
+  };
+  launch();  // Warm-up.
+  cudaEvent_t start, stop;
+  if (absl::Status s = Check(cudaEventCreate(&start), "event"); !s.ok()) return s;
+  if (absl::Status s = Check(cudaEventCreate(&stop), "event"); !s.ok()) {
+    (void)cudaEventDestroy(start);
+    return s;
+  }
+  std::vector<float> ms(reps);
+  auto timed = [&](float* elapsed) -> absl::Status {
+    if (absl::Status s = Check(cudaEventRecord(start, stream.get()), "record"); !s.ok()) return s;
+    launch();
+    if (absl::Status s = Check(cudaGetLastError(), "MlaDecodeAttention"); !s.ok()) return s;
+    if (absl::Status s = Check(cudaEventRecord(stop, stream.get()), "record"); !s.ok()) return s;
+    if (absl::Status s = Check(cudaEventSynchronize(stop), "sync"); !s.ok()) return s;
+    return Check(cudaEventElapsedTime(elapsed, start, stop), "elapsed");
+  };
+  absl::Status failed;
+  for (int r = 0; r < reps; ++r) {
+    if (absl::Status s = timed(&ms[r]); !s.ok()) {
+      failed.Update(s);
+      break;
+    }
+  }
+  (void)cudaEventDestroy(start);
+  (void)cudaEventDestroy(stop);
+  if (!failed.ok()) return failed;
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2] * 1e-3;
 }
 
 }  // namespace baton::cuda

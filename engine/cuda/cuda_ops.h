@@ -51,6 +51,13 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
                                 int64_t block_rows, const int32_t* block_tables, int64_t max_blocks,
                                 const int32_t* lengths, float scale, float* out);
 
+// Times MlaDecodeAttention's kernels alone on device-resident random data
+// (DeepSeek-V3 latent width, blocks of 64 rows): `tokens` queries of `heads`
+// heads, each over `context` cached rows of its own. Returns the median
+// seconds per call over `reps` calls, measured with CUDA events.
+absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int64_t context,
+                                              int reps);
+
 }  // namespace baton::cuda
 
 #endif  // BATON_ENGINE_CUDA_CUDA_OPS_H_
