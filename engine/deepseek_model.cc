@@ -304,95 +304,117 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
   const int64_t T = ws.tokens, heads = c.num_attention_heads, lora = c.kv_lora_rank;
   const int64_t width = lora + c.qk_rope_head_dim;
   const int64_t block_size = cache.block_size();
+  // A token's context is attended in pieces of 16 blocks (256 rows with the
+  // default block size): each piece's scores, unnormalized softmax and sums
+  // are computed while its rows are in the core's cache, and the pieces are
+  // combined in order at the end. Pieces never depend on the batch or the
+  // threads, so neither does the result.
+  const int64_t piece_rows = 16 * block_size;
   EnsureSize(ws.o_latent, T * heads * lora);
-  auto table_of = [&](int64_t i) -> const std::vector<int32_t>& {
-    return *batch[ws.chunk_of_token[i]].block_table;
+  std::vector<int64_t> first_piece(T + 1, 0);
+  for (int64_t i = 0; i < T; ++i) {
+    first_piece[i + 1] = first_piece[i] + (ws.positions[i] + piece_rows) / piece_rows;
+  }
+  // Where a piece leaves its results: sums [heads][lora], and per head the
+  // maximum score and the sum of exponentials.
+  struct PieceOut {
+    float* sums;
+    float* max;
+    float* total;
   };
-  // Scores of every head of token i against rows [j0, j1), one cache block
-  // (contiguous rows) at a time, into scores[h][j].
-  auto score = [&](int64_t i, int64_t j0, int64_t j1, float* scores, int64_t ld) {
-    const std::vector<int32_t>& table = table_of(i);
-    for (int64_t j = j0; j < j1; j = (j / block_size + 1) * block_size) {
-      const int64_t n = std::min((j / block_size + 1) * block_size, j1) - j;
+  // Piece k of token i (rows [k * piece_rows, ...) up to the token itself).
+  auto attend_piece = [&](int64_t i, int64_t k, PieceOut out, std::vector<float>& scores,
+                          std::vector<const E*>& blocks) {
+    const std::vector<int32_t>& table = *batch[ws.chunk_of_token[i]].block_table;
+    const int64_t j0 = k * piece_rows, j1 = std::min(ws.positions[i] + 1, j0 + piece_rows);
+    const int64_t n = j1 - j0;
+    EnsureSize(scores, heads * n);
+    blocks.clear();
+    for (int64_t j = j0; j < j1; j += block_size) {
       // Two blocks ahead: blocks need not be adjacent in memory, so the
       // hardware prefetcher cannot follow a sequence from one to the next.
-      const int64_t ahead = (j / block_size + 2) * block_size;
-      if (ahead < j1) {
-        const uint8_t* next = cache.Row<uint8_t>(layer, table, ahead);
-        const int64_t bytes = std::min(block_size, j1 - ahead) * cache.row_bytes();
+      if (j + 2 * block_size < j1) {
+        const uint8_t* next = cache.Row<uint8_t>(layer, table, j + 2 * block_size);
+        const int64_t bytes = std::min(block_size, j1 - j - 2 * block_size) * cache.row_bytes();
         for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
       }
-      kernels::AttentionScores(&ws.q_full[i * heads * width], width, heads,
-                               cache.Row<E>(layer, table, j), n, width, &scores[j], ld);
+      blocks.push_back(cache.Row<E>(layer, table, j));
+      kernels::AttentionScores(&ws.q_full[i * heads * width], width, heads, blocks.back(),
+                               std::min(block_size, j1 - j), width, &scores[j - j0], n);
     }
-  };
-  auto softmax = [&](float* row, int64_t len) {
-    for (int64_t j = 0; j < len; ++j) row[j] *= softmax_scale_;
-    kernels::Softmax(row, len);
-  };
-  // out[h][c0, c1) = sum_j p[h][j] row[j][c0, c1) for every head of token i.
-  auto accumulate = [&](int64_t i, int64_t c0, int64_t c1, const float* p, int64_t ldp) {
-    const std::vector<int32_t>& table = table_of(i);
-    const int64_t len = ws.positions[i] + 1;
-    std::vector<const E*> blocks;
-    for (int64_t j0 = 0; j0 < len; j0 += block_size) {
-      blocks.push_back(cache.Row<E>(layer, table, j0) + c0);
+    for (int64_t h = 0; h < heads; ++h) {
+      float* row = &scores[h * n];
+      for (int64_t j = 0; j < n; ++j) row[j] *= softmax_scale_;
+      kernels::ExpAndSum(row, n, &out.max[h], &out.total[h]);
     }
-    kernels::AttentionSums(p, ldp, heads, blocks.data(), block_size, width, len, c1 - c0,
-                           &ws.o_latent[i * heads * lora + c0], lora);
+    kernels::AttentionSums(scores.data(), n, heads, blocks.data(), block_size, width, n, lora,
+                           out.sums, lora);
+  };
+  // o_latent[i][h] from token i's `count` pieces: each piece's sums weighted
+  // by e^(its max - the overall max), over the likewise weighted totals.
+  auto combine = [&](int64_t i, int64_t h, int64_t count, const PieceOut* pieces) {
+    float top = -INFINITY;
+    for (int64_t k = 0; k < count; ++k) top = std::max(top, pieces[k].max[h]);
+    float total = 0.f;
+    for (int64_t k = 0; k < count; ++k) {
+      total += std::exp(pieces[k].max[h] - top) * pieces[k].total[h];
+    }
+    float* out = &ws.o_latent[(i * heads + h) * lora];
+    std::fill(out, out + lora, 0.f);
+    for (int64_t k = 0; k < count; ++k) {
+      kernels::Axpy(std::exp(pieces[k].max[h] - top) / total, pieces[k].sums + h * lora, out,
+                    lora);
+    }
   };
 
   const int64_t threads = pool.num_threads();
   if (T >= threads) {
-    // Enough tokens for every thread: one token, all heads, per work item,
-    // so that each cached row loaded serves every head.
+    // Enough tokens for every thread: a token's pieces one after the other.
     pool.ParallelFor(T, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> scores;
+      std::vector<float> scores, sums, max, total;
+      std::vector<const E*> blocks;
+      std::vector<PieceOut> pieces;
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t len = ws.positions[i] + 1;  // Causal: up to and including itself.
-        EnsureSize(scores, heads * len);
-        score(i, 0, len, scores.data(), len);
-        for (int64_t h = 0; h < heads; ++h) softmax(&scores[h * len], len);
-        accumulate(i, 0, lora, scores.data(), len);
+        const int64_t count = first_piece[i + 1] - first_piece[i];
+        EnsureSize(sums, count * heads * lora);
+        EnsureSize(max, count * heads);
+        EnsureSize(total, count * heads);
+        pieces.clear();
+        for (int64_t k = 0; k < count; ++k) {
+          pieces.push_back({&sums[k * heads * lora], &max[k * heads], &total[k * heads]});
+          attend_piece(i, k, pieces.back(), scores, blocks);
+        }
+        for (int64_t h = 0; h < heads; ++h) combine(i, h, count, pieces.data());
       }
     });
     return;
   }
-  // A few tokens (decode): split each token's context among the threads, so
-  // that every cached row is read from memory once per step, not once per
-  // thread. Scores by row range, softmax by head, sums by latent columns.
-  std::vector<int64_t> offset(T + 1, 0);
-  for (int64_t i = 0; i < T; ++i) offset[i + 1] = offset[i] + heads * (ws.positions[i] + 1);
-  EnsureSize(ws.scores, offset[T]);
-  constexpr int64_t kRowsPerItem = 128;
-  std::vector<std::pair<int64_t, int64_t>> items;  // (token, first row)
+  // A few tokens (decode): every piece of every token is a work item, so
+  // that the threads share a long context and each row is read once.
+  const int64_t total_pieces = first_piece[T];
+  EnsureSize(ws.piece_sums, total_pieces * heads * lora);
+  EnsureSize(ws.piece_max, total_pieces * heads);
+  EnsureSize(ws.piece_total, total_pieces * heads);
+  std::vector<PieceOut> pieces(total_pieces);
+  std::vector<std::pair<int64_t, int64_t>> items(total_pieces);  // (token, piece of it)
   for (int64_t i = 0; i < T; ++i) {
-    for (int64_t j = 0; j <= ws.positions[i]; j += kRowsPerItem) items.push_back({i, j});
+    for (int64_t k = first_piece[i]; k < first_piece[i + 1]; ++k) {
+      pieces[k] = {&ws.piece_sums[k * heads * lora], &ws.piece_max[k * heads],
+                   &ws.piece_total[k * heads]};
+      items[k] = {i, k - first_piece[i]};
+    }
   }
-  pool.ParallelFor(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+  pool.ParallelFor(total_pieces, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    std::vector<const E*> blocks;
     for (int64_t k = begin; k < end; ++k) {
-      const auto [i, j0] = items[k];
-      const int64_t len = ws.positions[i] + 1;
-      score(i, j0, std::min(len, j0 + kRowsPerItem), &ws.scores[offset[i]], len);
+      attend_piece(items[k].first, items[k].second, pieces[k], scores, blocks);
     }
   });
   pool.ParallelFor(T * heads, 1, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
-      const int64_t i = k / heads, len = ws.positions[i] + 1;
-      softmax(&ws.scores[offset[i] + k % heads * len], len);
-    }
-  });
-  // Column slices, one per thread (each slice's call rearranges the
-  // probabilities once, so fewer and wider is better), in multiples of the
-  // kernels' 32 columns. Each element is summed over the rows in order
-  // whatever the slicing, so slices only divide the work.
-  const int64_t per_token = (threads + T - 1) / T;
-  const int64_t columns = ((lora + per_token - 1) / per_token + 31) / 32 * 32;
-  const int64_t slices = (lora + columns - 1) / columns;
-  pool.ParallelFor(T * slices, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t i = k / slices, c0 = k % slices * columns;
-      accumulate(i, c0, std::min(lora, c0 + columns), &ws.scores[offset[i]], ws.positions[i] + 1);
+      const int64_t i = k / heads;
+      combine(i, k % heads, first_piece[i + 1] - first_piece[i], &pieces[first_piece[i]]);
     }
   });
 }

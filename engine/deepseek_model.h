@@ -118,19 +118,20 @@ class DeepseekModel {
   // Workspace reused across calls; sized for the largest batch seen.
   struct Workspace {
     int64_t tokens = 0;
-    std::vector<int64_t> positions;    // [T]
-    std::vector<int> chunk_of_token;   // [T]
-    std::vector<float> x, xn;          // [T][hidden]
-    std::vector<float> q_a;            // [T][q_lora]
-    std::vector<float> q;              // [T][heads][nope+rope]
-    std::vector<float> kv;             // [T][lora+rope]
-    std::vector<float> q_full;         // [T][heads][lora+rope]
-    std::vector<float> o_latent;       // [T][heads][lora]
-    std::vector<float> scores;         // Decode attention: [T][heads][len]
-    std::vector<float> attn_v;         // [T][heads][v]
-    std::vector<float> out;            // [T][hidden]
-    std::vector<float> mlp_hidden;     // [T][2*inter]
-    std::vector<float> router_logits;  // [T][experts]
+    std::vector<int64_t> positions;             // [T]
+    std::vector<int> chunk_of_token;            // [T]
+    std::vector<float> x, xn;                   // [T][hidden]
+    std::vector<float> q_a;                     // [T][q_lora]
+    std::vector<float> q;                       // [T][heads][nope+rope]
+    std::vector<float> kv;                      // [T][lora+rope]
+    std::vector<float> q_full;                  // [T][heads][lora+rope]
+    std::vector<float> o_latent;                // [T][heads][lora]
+    std::vector<float> piece_sums;              // Decode attention: [pieces][heads][lora]
+    std::vector<float> piece_max, piece_total;  // [pieces][heads]
+    std::vector<float> attn_v;                  // [T][heads][v]
+    std::vector<float> out;                     // [T][hidden]
+    std::vector<float> mlp_hidden;              // [T][2*inter]
+    std::vector<float> router_logits;           // [T][experts]
     std::vector<float> expert_in, expert_out;
   } ws_;
 };

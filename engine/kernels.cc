@@ -290,18 +290,27 @@ void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin) 
   }
 }
 
+void ExpAndSum(float* x, int64_t n, float* max, float* sum) {
+  if (HasAvx512()) {
+    avx512::ExpAndSum(x, n, max, sum);
+    return;
+  }
+  *max = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) *max = std::max(*max, x[i]);
+  *sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - *max);
+    *sum += x[i];
+  }
+}
+
 void Softmax(float* x, int64_t n) {
   if (HasAvx512()) {
     avx512::Softmax(x, n);
     return;
   }
-  float max = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
-  float sum = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - max);
-    sum += x[i];
-  }
+  float max, sum;
+  ExpAndSum(x, n, &max, &sum);
   const float inv = 1.0f / sum;
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }

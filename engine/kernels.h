@@ -80,6 +80,9 @@ void RmsNorm(const float* x, const float* weight, int64_t n, float eps, float* o
 void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin);
 // In-place softmax over n values.
 void Softmax(float* x, int64_t n);
+// The unnormalized half of a softmax, for combining pieces later:
+// x[i] = exp(x[i] - max), returning max and the sum of the new x.
+void ExpAndSum(float* x, int64_t n, float* max, float* sum);
 
 }  // namespace baton::kernels
 

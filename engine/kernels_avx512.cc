@@ -224,12 +224,13 @@ BATON_AVX512 inline __m512 ExpNonPositive(__m512 x) {
 
 }  // namespace
 
-BATON_AVX512 void Softmax(float* x, int64_t n) {
+BATON_AVX512 void ExpAndSum(float* x, int64_t n, float* max_out, float* sum_out) {
   __m512 max = _mm512_set1_ps(-INFINITY);
   for (int64_t i = 0; i < n; i += 16) {
     max = _mm512_max_ps(max, _mm512_mask_loadu_ps(max, ColumnMask(n - i), x + i));
   }
-  const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(max));
+  *max_out = _mm512_reduce_max_ps(max);
+  const __m512 top = _mm512_set1_ps(*max_out);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mask = ColumnMask(n - i);
@@ -237,7 +238,13 @@ BATON_AVX512 void Softmax(float* x, int64_t n) {
     _mm512_mask_storeu_ps(x + i, mask, e);
     sum = _mm512_mask_add_ps(sum, mask, sum, e);
   }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+  *sum_out = _mm512_reduce_add_ps(sum);
+}
+
+BATON_AVX512 void Softmax(float* x, int64_t n) {
+  float max, sum;
+  ExpAndSum(x, n, &max, &sum);
+  const __m512 inv = _mm512_set1_ps(1.0f / sum);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 mask = ColumnMask(n - i);
     _mm512_mask_storeu_ps(x + i, mask, _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, x + i), inv));

@@ -14,6 +14,7 @@ void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t
 float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, float* y, int64_t n);
 void Softmax(float* x, int64_t n);
+void ExpAndSum(float* x, int64_t n, float* max, float* sum);
 
 // With BF16 dot products (AVX512_BF16; call only when the CPU has them): y
 // = x w^T for a BF16 matrix in panels, x already rounded to BF16 and padded

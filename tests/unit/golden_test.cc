@@ -196,6 +196,54 @@ TEST_P(GoldenTest, BatchingDoesNotChangeTheLogits) {
   EXPECT_LT(MaxAbsDiff(&logits[7 * vocab_], alone.data(), vocab_), 1e-5f);
 }
 
+// A context attended in several pieces (16 blocks each: 64 rows with blocks
+// of 4): a decode step alone (its pieces shared among the threads) and in a
+// batch (each token's pieces on one thread) give the same bits, and the
+// prompt's last position is the same whether prefilled at once or in chunks.
+TEST_P(GoldenTest, LongContextPiecesAreBatchInvariant) {
+  cache_ = std::make_unique<KvCache>(model_->config().num_hidden_layers,
+                                     model_->config().kv_cache_width(), 4, 256);
+  const int64_t prompt = 200;
+  std::vector<int32_t> tokens(prompt);
+  for (int64_t i = 0; i < prompt; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 3) % vocab_);
+  KvBlocks blocks(cache_.get()), chunked(cache_.get()), other(cache_.get());
+  ASSERT_TRUE(blocks.Reserve(prompt + 1));
+  ASSERT_TRUE(chunked.Reserve(prompt));
+  ASSERT_TRUE(other.Reserve(prompt + 1));
+  std::vector<float> whole, in_chunks, ignored;
+  ForwardChunk all{tokens.data(), prompt, 0, &blocks.table(), LogitsMode::kLast};
+  ASSERT_TRUE(model_->Forward({all}, *cache_, pool_, &whole).ok());
+  for (int64_t begin = 0; begin < prompt; begin += 70) {
+    const int64_t n = std::min<int64_t>(70, prompt - begin);
+    ForwardChunk part{tokens.data() + begin, n, begin, &chunked.table(),
+                      begin + n == prompt ? LogitsMode::kLast : LogitsMode::kNone};
+    ASSERT_TRUE(model_->Forward({part}, *cache_, pool_, &in_chunks).ok());
+  }
+  EXPECT_LT(MaxAbsDiff(whole.data(), in_chunks.data(), vocab_), 1e-4f);
+  ForwardChunk fill{tokens.data(), prompt, 0, &other.table(), LogitsMode::kNone};
+  ASSERT_TRUE(model_->Forward({fill}, *cache_, pool_, &ignored).ok());
+
+  const int32_t next = 5;
+  std::vector<float> alone, batched;
+  ForwardChunk step{&next, 1, prompt, &blocks.table(), LogitsMode::kLast};
+  ASSERT_TRUE(model_->Forward({step}, *cache_, pool_, &alone).ok());
+  ForwardChunk beside{&next, 1, prompt, &other.table(), LogitsMode::kLast};
+  ASSERT_TRUE(model_->Forward({beside, step}, *cache_, pool_, &batched).ok());
+  EXPECT_EQ(MaxAbsDiff(&batched[vocab_], alone.data(), vocab_), 0.f);
+  EXPECT_EQ(MaxAbsDiff(&batched[0], alone.data(), vocab_), 0.f);  // Same tokens, same bits.
+
+  // The pieces combine to what one piece gives (blocks of 16: one piece).
+  KvCache one_piece(model_->config().num_hidden_layers, model_->config().kv_cache_width(), 16, 64);
+  KvBlocks single(&one_piece);
+  ASSERT_TRUE(single.Reserve(prompt + 1));
+  ForwardChunk again{tokens.data(), prompt, 0, &single.table(), LogitsMode::kNone};
+  ASSERT_TRUE(model_->Forward({again}, one_piece, pool_, &ignored).ok());
+  std::vector<float> reference;
+  ForwardChunk last{&next, 1, prompt, &single.table(), LogitsMode::kLast};
+  ASSERT_TRUE(model_->Forward({last}, one_piece, pool_, &reference).ok());
+  EXPECT_LT(MaxAbsDiff(reference.data(), alone.data(), vocab_), 1e-4f);
+}
+
 // BF16 activations with the BF16 KV cache they bring: not the numerical
 // reference, but close to it, with the reference's greedy tokens, and still
 // batch-invariant (a prompt prefilled alone or decoded in a batch of others).
