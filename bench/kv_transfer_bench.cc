@@ -28,8 +28,11 @@ namespace {
 // the cache would).
 class DiscardSink : public KvImportSink {
  public:
-  absl::Status ImportKv(int64_t, int, int64_t begin, int64_t end, const void* rows) override {
-    checksum_ += *static_cast<const float*>(rows) + static_cast<float>(end - begin);
+  absl::Status ImportKv(int64_t, int, int64_t begin, int64_t end, const void* rows,
+                        size_t) override {
+    float first;
+    std::memcpy(&first, rows, sizeof first);
+    checksum_ += first + static_cast<float>(end - begin);
     return absl::OkStatus();
   }
   float checksum_ = 0;

@@ -59,7 +59,10 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(
   load.force_f32 = options.force_f32_weights;
   if (options.show_progress && isatty(STDERR_FILENO)) load.progress = ProgressBar;
   BATON_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(config, *checkpoint, load));
-  return FromWeights(std::move(config), std::move(weights), options.precision);
+  auto model = FromWeights(std::move(config), std::move(weights), options.precision);
+  if (model.ok())
+    (*model)->attention_piece_rows_ = std::max<int64_t>(1, options.attention_piece_rows);
+  return model;
 }
 
 absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::FromWeights(
@@ -304,12 +307,13 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
   const int64_t T = ws.tokens, heads = c.num_attention_heads, lora = c.kv_lora_rank;
   const int64_t width = lora + c.qk_rope_head_dim;
   const int64_t block_size = cache.block_size();
-  // A token's context is attended in pieces of 16 blocks (256 rows with the
-  // default block size): each piece's scores, unnormalized softmax and sums
-  // are computed while its rows are in the core's cache, and the pieces are
+  // A token's context is attended in pieces of whole blocks, about 256 rows
+  // (long enough that a piece's partial sums, heads x lora floats, cost less
+  // than its rows): each piece's scores, unnormalized softmax and sums are
+  // computed while its rows are in the core's cache, and the pieces are
   // combined in order at the end. Pieces never depend on the batch or the
   // threads, so neither does the result.
-  const int64_t piece_rows = 16 * block_size;
+  const int64_t piece_rows = std::max<int64_t>(1, attention_piece_rows_ / block_size) * block_size;
   EnsureSize(ws.o_latent, T * heads * lora);
   std::vector<int64_t> first_piece(T + 1, 0);
   for (int64_t i = 0; i < T; ++i) {
@@ -322,13 +326,14 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
     float* max;
     float* total;
   };
-  // Piece k of token i (rows [k * piece_rows, ...) up to the token itself).
-  auto attend_piece = [&](int64_t i, int64_t k, PieceOut out, std::vector<float>& scores,
-                          std::vector<const E*>& blocks) {
+  // Heads [h0, h0 + hb) of piece k of token i (rows [k * piece_rows, ...)
+  // up to the token itself).
+  auto attend_piece = [&](int64_t i, int64_t k, int64_t h0, int64_t hb, PieceOut out,
+                          std::vector<float>& scores, std::vector<const E*>& blocks) {
     const std::vector<int32_t>& table = *batch[ws.chunk_of_token[i]].block_table;
     const int64_t j0 = k * piece_rows, j1 = std::min(ws.positions[i] + 1, j0 + piece_rows);
     const int64_t n = j1 - j0;
-    EnsureSize(scores, heads * n);
+    EnsureSize(scores, hb * n);
     blocks.clear();
     for (int64_t j = j0; j < j1; j += block_size) {
       // Two blocks ahead: blocks need not be adjacent in memory, so the
@@ -339,16 +344,16 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
         for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
       }
       blocks.push_back(cache.Row<E>(layer, table, j));
-      kernels::AttentionScores(&ws.q_full[i * heads * width], width, heads, blocks.back(),
+      kernels::AttentionScores(&ws.q_full[(i * heads + h0) * width], width, hb, blocks.back(),
                                std::min(block_size, j1 - j), width, &scores[j - j0], n);
     }
-    for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t h = 0; h < hb; ++h) {
       float* row = &scores[h * n];
       for (int64_t j = 0; j < n; ++j) row[j] *= softmax_scale_;
-      kernels::ExpAndSum(row, n, &out.max[h], &out.total[h]);
+      kernels::ExpAndSum(row, n, &out.max[h0 + h], &out.total[h0 + h]);
     }
-    kernels::AttentionSums(scores.data(), n, heads, blocks.data(), block_size, width, n, lora,
-                           out.sums, lora);
+    kernels::AttentionSums(scores.data(), n, hb, blocks.data(), block_size, width, n, lora,
+                           out.sums + h0 * lora, lora);
   };
   // o_latent[i][h] from token i's `count` pieces: each piece's sums weighted
   // by e^(its max - the overall max), over the likewise weighted totals.
@@ -362,8 +367,7 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
     float* out = &ws.o_latent[(i * heads + h) * lora];
     std::fill(out, out + lora, 0.f);
     for (int64_t k = 0; k < count; ++k) {
-      kernels::Axpy(std::exp(pieces[k].max[h] - top) / total, pieces[k].sums + h * lora, out,
-                    lora);
+      kernels::Axpy(std::exp(pieces[k].max[h] - top) / total, pieces[k].sums + h * lora, out, lora);
     }
   };
 
@@ -382,7 +386,7 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
         pieces.clear();
         for (int64_t k = 0; k < count; ++k) {
           pieces.push_back({&sums[k * heads * lora], &max[k * heads], &total[k * heads]});
-          attend_piece(i, k, pieces.back(), scores, blocks);
+          attend_piece(i, k, 0, heads, pieces.back(), scores, blocks);
         }
         for (int64_t h = 0; h < heads; ++h) combine(i, h, count, pieces.data());
       }
@@ -390,25 +394,37 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
     return;
   }
   // A few tokens (decode): every piece of every token is a work item, so
-  // that the threads share a long context and each row is read once.
+  // that the threads share a long context and each row is read once; with
+  // fewer pieces than threads, each piece's heads are split too (8 at
+  // least per item: a head's result never depends on its neighbours).
   const int64_t total_pieces = first_piece[T];
+  const int64_t head_items = std::clamp<int64_t>((threads + total_pieces - 1) / total_pieces, 1,
+                                                 std::max<int64_t>(1, heads / 8));
+  const int64_t heads_per_item = (heads + head_items - 1) / head_items;
   EnsureSize(ws.piece_sums, total_pieces * heads * lora);
   EnsureSize(ws.piece_max, total_pieces * heads);
   EnsureSize(ws.piece_total, total_pieces * heads);
   std::vector<PieceOut> pieces(total_pieces);
-  std::vector<std::pair<int64_t, int64_t>> items(total_pieces);  // (token, piece of it)
+  struct Item {
+    int64_t token, piece, h0;  // piece: index among the token's pieces
+  };
+  std::vector<Item> items;
   for (int64_t i = 0; i < T; ++i) {
     for (int64_t k = first_piece[i]; k < first_piece[i + 1]; ++k) {
       pieces[k] = {&ws.piece_sums[k * heads * lora], &ws.piece_max[k * heads],
                    &ws.piece_total[k * heads]};
-      items[k] = {i, k - first_piece[i]};
+      for (int64_t h0 = 0; h0 < heads; h0 += heads_per_item) {
+        items.push_back({i, k - first_piece[i], h0});
+      }
     }
   }
-  pool.ParallelFor(total_pieces, 1, [&](int64_t begin, int64_t end) {
+  pool.ParallelFor(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     std::vector<const E*> blocks;
-    for (int64_t k = begin; k < end; ++k) {
-      attend_piece(items[k].first, items[k].second, pieces[k], scores, blocks);
+    for (int64_t x = begin; x < end; ++x) {
+      const Item& it = items[x];
+      attend_piece(it.token, it.piece, it.h0, std::min(heads_per_item, heads - it.h0),
+                   pieces[first_piece[it.token] + it.piece], scores, blocks);
     }
   });
   pool.ParallelFor(T * heads, 1, [&](int64_t begin, int64_t end) {

@@ -54,6 +54,9 @@ struct ModelLoadOptions {
   // dot products (see kernels::Precision); the default computes in fp32,
   // the numerical reference.
   kernels::Precision precision = kernels::Precision::kF32;
+  // Attention takes a token's context in pieces of about this many rows
+  // (whole cache blocks), combined in order; see AttentionCoreTyped.
+  int64_t attention_piece_rows = 256;
 };
 
 class DeepseekModel {
@@ -69,7 +72,8 @@ class DeepseekModel {
   // The activation precision the products actually run at on this CPU.
   kernels::Precision precision() const { return precision_; }
   // The element type of the KV cache this model reads and writes: bf16 with
-  // bf16 activations (attention then runs on BF16 dot products), else f32.
+  // bf16 activations (half the memory; attention widens the rows to fp32
+  // exactly), else f32.
   DType kv_dtype() const {
     return precision_ == kernels::Precision::kBf16 ? DType::kBF16 : DType::kF32;
   }
@@ -114,6 +118,7 @@ class DeepseekModel {
   float cos_sin_scale_;
   float softmax_scale_;
   kernels::Precision precision_ = kernels::Precision::kF32;
+  int64_t attention_piece_rows_ = 256;
 
   // Workspace reused across calls; sized for the largest batch seen.
   struct Workspace {

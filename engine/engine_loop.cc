@@ -40,7 +40,7 @@ void EngineLoop::Cancel(int64_t request_id) {
 }
 
 absl::Status EngineLoop::ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                                  const void* rows) {
+                                  const void* rows, size_t bytes) {
   std::shared_ptr<ImportTarget> target;
   {
     absl::MutexLock lock(&imports_mu_);
@@ -54,6 +54,12 @@ absl::Status EngineLoop::ImportKv(int64_t request_id, int layer, int64_t begin, 
       end > target->tokens) {
     return absl::InvalidArgumentError(absl::StrCat("KV rows [", begin, ", ", end, ") of layer ",
                                                    layer, " are outside the request's prompt"));
+  }
+  const size_t expected = static_cast<size_t>((end - begin) * engine_->kv_cache().row_bytes());
+  if (bytes != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV rows [", begin, ", ", end, ") of layer ", layer, " came as ", bytes,
+                     " bytes, not ", expected, " (", engine_->kv_cache().dtype_name(), " rows)"));
   }
   absl::MutexLock lock(&target->mu);
   if (!target->open) return absl::CancelledError("the request has ended");

@@ -60,8 +60,8 @@ class EngineLoop {
   // blocks.
   // Any thread. Fails once the request has ended or for a range outside the
   // prompt.
-  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const void* rows);
+  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end, const void* rows,
+                        size_t bytes);
   // Every layer of every prompt token has been imported, and the prefill
   // worker sampled `first`: the loop emits it and schedules the request.
   void FinishImport(int64_t request_id, SampledToken first);

@@ -110,6 +110,10 @@ void MatMulRows(const float* x, int64_t ldx, int64_t m, const Matrix& w, int64_t
 
 namespace {
 
+// Panels of x rows keep the activations cache-resident while every thread
+// streams its own contiguous slice of weight rows.
+constexpr int64_t kActivationPanel = 64;
+
 // Weight rows per chunk handed to a thread: at least ~32K multiply-adds
 // (smaller ones cost more to hand out than to compute), in whole panels so
 // that every chunk starts on a panel boundary.
@@ -122,9 +126,11 @@ int64_t ChunkRows(int64_t tokens, const Matrix& w) {
 }  // namespace
 
 void MatMulMany(const std::vector<Product>& products, ThreadPool& pool, Precision precision) {
+  // (product, 64-row panel of its x, range of weight rows), as MatMul
+  // splits one product.
   struct Chunk {
     size_t product;
-    int64_t begin, end;
+    int64_t i0, rows, begin, end;
   };
   std::vector<Chunk> chunks;
   std::vector<std::vector<uint16_t>> xb(products.size());
@@ -134,21 +140,26 @@ void MatMulMany(const std::vector<Product>& products, ThreadPool& pool, Precisio
     if (UseBf16(*p.w, precision)) {  // Rounded once per product, not once per chunk.
       ToBf16Rows(p.x, p.ldx, p.m, p.w->cols, p.w->padded_cols(), &xb[i]);
     }
-    const int64_t grain = ChunkRows(p.m, *p.w);
-    for (int64_t r = 0; r < p.w->rows; r += grain) {
-      chunks.push_back({i, r, std::min(p.w->rows, r + grain)});
+    for (int64_t i0 = 0; i0 < p.m; i0 += kActivationPanel) {
+      const int64_t rows = std::min(kActivationPanel, p.m - i0);
+      const int64_t grain = ChunkRows(rows, *p.w);
+      for (int64_t r = 0; r < p.w->rows; r += grain) {
+        chunks.push_back({i, i0, rows, r, std::min(p.w->rows, r + grain)});
+      }
     }
   }
   pool.ParallelFor(static_cast<int64_t>(chunks.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const Chunk& chunk = chunks[c];
       const Product& p = products[chunk.product];
-      float* y = p.y + chunk.begin;
+      float* y = p.y + chunk.i0 * p.ldy + chunk.begin;
       if (!xb[chunk.product].empty()) {
-        avx512::MatMulRowsBf16(xb[chunk.product].data(), p.w->padded_cols(), p.m, *p.w, chunk.begin,
-                               chunk.end, y, p.ldy);
+        const int64_t padded = p.w->padded_cols();
+        avx512::MatMulRowsBf16(xb[chunk.product].data() + chunk.i0 * padded, padded, chunk.rows,
+                               *p.w, chunk.begin, chunk.end, y, p.ldy);
       } else {
-        MatMulRows(p.x, p.ldx, p.m, *p.w, chunk.begin, chunk.end, y, p.ldy);
+        MatMulRows(p.x + chunk.i0 * p.ldx, p.ldx, chunk.rows, *p.w, chunk.begin, chunk.end, y,
+                   p.ldy);
       }
     }
   });
@@ -158,11 +169,8 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
             ThreadPool& pool, Precision precision) {
   const bool bf16 = UseBf16(w, precision);
   std::vector<uint16_t> xb;
-  // Panels of x rows keep the activations cache-resident while every thread
-  // streams its own contiguous slice of weight rows.
-  constexpr int64_t kPanel = 64;
-  for (int64_t i0 = 0; i0 < m; i0 += kPanel) {
-    const int64_t rows = std::min(kPanel, m - i0);
+  for (int64_t i0 = 0; i0 < m; i0 += kActivationPanel) {
+    const int64_t rows = std::min(kActivationPanel, m - i0);
     const int64_t grain = ChunkRows(rows, w);
     if (bf16) {
       // Rounded once per panel, not once per chunk.

@@ -204,9 +204,11 @@ namespace {
 
 // e^x for x <= 0 (softmax inputs after subtracting the maximum), to about
 // 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor
-// polynomial (Horner), times 2^n. Below -87.3 the result underflows to 0.
+// polynomial (Horner), times 2^n. Arguments below -87.3 give e^-87.3
+// (1.2e-38, as good as 0 next to the maximum's 1); a NaN stays NaN (MAXPS
+// returns its second operand when either is NaN).
 BATON_AVX512 inline __m512 ExpNonPositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  x = _mm512_max_ps(_mm512_set1_ps(-87.3f), x);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // ln 2 in two parts, so that n * ln2_hi is exact.
@@ -434,7 +436,8 @@ template <typename E>
 BATON_AVX512 void AttentionSumsTyped(const float* p, int64_t ldp, int64_t m, const E* const* blocks,
                                      int64_t block_rows, int64_t ldr, int64_t n, int64_t k,
                                      float* out, int64_t ldo) {
-  std::vector<float> pt(n * kHeadGroup);
+  thread_local std::vector<float> pt;  // Reused: this runs per piece and layer.
+  pt.resize(n * kHeadGroup);
   ForEachHeadGroup(m, [&](int64_t h0, auto heads) BATON_AVX512 {
     constexpr int HB = decltype(heads)::value;
     for (int64_t j = 0; j < n; ++j)

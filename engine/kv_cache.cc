@@ -47,11 +47,11 @@ void KvBlocks::Release() {
 KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype)
     : num_layers_(num_layers),
       width_(width),
-      dtype_(dtype),
+      dtype_(dtype == DType::kBF16 ? DType::kBF16 : DType::kF32),
       block_size_(block_size),
       num_blocks_(num_blocks),
       storage_(static_cast<size_t>(num_layers) * num_blocks * block_size * width *
-               DTypeSize(dtype)) {
+               DTypeSize(dtype_)) {
   free_list_.reserve(num_blocks);
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
 }

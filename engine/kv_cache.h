@@ -46,7 +46,7 @@ class KvBlocks {
 
 class KvCache {
  public:
-  // `dtype` is DType::kF32 or DType::kBF16.
+  // `dtype` is DType::kF32 or DType::kBF16 (any other is taken as kF32).
   KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype = DType::kF32);
 
   int num_layers() const { return num_layers_; }

@@ -26,7 +26,11 @@ class AlignedBuffer {
     const size_t alignment = bytes >= kHugePage ? kHugePage : 64;
     const size_t rounded = (bytes + alignment - 1) / alignment * alignment;
     data_.reset(static_cast<uint8_t*>(std::aligned_alloc(alignment, rounded)));
-    if (alignment == kHugePage) madvise(data_.get(), rounded, MADV_HUGEPAGE);
+    // Only the pages the buffer fills: a huge page for a partial tail would
+    // make up to 2 MiB resident that nothing uses.
+    if (alignment == kHugePage && data_ != nullptr) {
+      madvise(data_.get(), bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+    }
     std::memset(data_.get(), 0, bytes);
   }
   uint8_t* data() { return data_.get(); }

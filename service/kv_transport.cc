@@ -341,7 +341,7 @@ void KvReceiver::Serve(int fd) {
     bytes += sizeof h + count;
     if (absl::Status s =
             sink_->ImportKv(request_id, static_cast<int>(h.layer), static_cast<int64_t>(h.begin),
-                            static_cast<int64_t>(h.end), rows.data());
+                            static_cast<int64_t>(h.end), rows.data(), rows.size());
         !s.ok()) {
       finish(s);
       return;

@@ -55,9 +55,9 @@ std::string ModelFingerprint(const std::string& model_dir, size_t weight_bytes);
 class KvImportSink {
  public:
   virtual ~KvImportSink() = default;
-  // `rows`: (end - begin) rows of KvLayout::row_bytes() bytes.
+  // `rows`: (end - begin) rows of KvLayout::row_bytes() bytes, `bytes` in all.
   virtual absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                                const void* rows) = 0;
+                                const void* rows, size_t bytes) = 0;
 };
 
 // Imports into an engine loop's reserved blocks.
@@ -65,8 +65,8 @@ class EngineLoopKvSink : public KvImportSink {
  public:
   explicit EngineLoopKvSink(EngineLoop* loop) : loop_(loop) {}
   absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const void* rows) override {
-    return loop_->ImportKv(request_id, layer, begin, end, rows);
+                        const void* rows, size_t bytes) override {
+    return loop_->ImportKv(request_id, layer, begin, end, rows, bytes);
   }
 
  private:

@@ -196,13 +196,18 @@ TEST_P(GoldenTest, BatchingDoesNotChangeTheLogits) {
   EXPECT_LT(MaxAbsDiff(&logits[7 * vocab_], alone.data(), vocab_), 1e-5f);
 }
 
-// A context attended in several pieces (16 blocks each: 64 rows with blocks
-// of 4): a decode step alone (its pieces shared among the threads) and in a
-// batch (each token's pieces on one thread) give the same bits, and the
-// prompt's last position is the same whether prefilled at once or in chunks.
+// A context attended in several pieces (64 rows each here; tiny-a allows
+// 256 positions): a decode step alone (its pieces shared among the threads)
+// and in a batch (each token's pieces on one thread) give the same bits, the
+// prompt's last position is the same whether prefilled at once or in chunks,
+// and the pieces combine to what one piece gives.
 TEST_P(GoldenTest, LongContextPiecesAreBatchInvariant) {
-  cache_ = std::make_unique<KvCache>(model_->config().num_hidden_layers,
-                                     model_->config().kv_cache_width(), 4, 256);
+  ModelLoadOptions options;
+  options.attention_piece_rows = 64;
+  auto pieces = DeepseekModel::Load(CaseDir(GetParam()) + "/" + GetParam().weights, options);
+  ASSERT_TRUE(pieces.ok()) << pieces.status();
+  std::unique_ptr<DeepseekModel> whole_context = std::move(model_);
+  model_ = std::move(*pieces);
   const int64_t prompt = 200;
   std::vector<int32_t> tokens(prompt);
   for (int64_t i = 0; i < prompt; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 3) % vocab_);
@@ -232,15 +237,14 @@ TEST_P(GoldenTest, LongContextPiecesAreBatchInvariant) {
   EXPECT_EQ(MaxAbsDiff(&batched[vocab_], alone.data(), vocab_), 0.f);
   EXPECT_EQ(MaxAbsDiff(&batched[0], alone.data(), vocab_), 0.f);  // Same tokens, same bits.
 
-  // The pieces combine to what one piece gives (blocks of 16: one piece).
-  KvCache one_piece(model_->config().num_hidden_layers, model_->config().kv_cache_width(), 16, 64);
-  KvBlocks single(&one_piece);
+  // The default model takes these 201 rows as one piece.
+  KvBlocks single(cache_.get());
   ASSERT_TRUE(single.Reserve(prompt + 1));
   ForwardChunk again{tokens.data(), prompt, 0, &single.table(), LogitsMode::kNone};
-  ASSERT_TRUE(model_->Forward({again}, one_piece, pool_, &ignored).ok());
+  ASSERT_TRUE(whole_context->Forward({again}, *cache_, pool_, &ignored).ok());
   std::vector<float> reference;
   ForwardChunk last{&next, 1, prompt, &single.table(), LogitsMode::kLast};
-  ASSERT_TRUE(model_->Forward({last}, one_piece, pool_, &reference).ok());
+  ASSERT_TRUE(whole_context->Forward({last}, *cache_, pool_, &reference).ok());
   EXPECT_LT(MaxAbsDiff(reference.data(), alone.data(), vocab_), 1e-4f);
 }
 

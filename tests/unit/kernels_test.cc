@@ -229,6 +229,36 @@ TEST(KernelsTest, SoftmaxMatchesDoublePrecision) {
   }
 }
 
+// Several products in one fork-join equal each product alone, bit for bit,
+// in both precisions and with more tokens than one activation panel.
+TEST(KernelsTest, MatMulManyEqualsMatMul) {
+  std::mt19937 rng(9);
+  ThreadPool pool(2);
+  for (kernels::Precision precision : {kernels::Precision::kF32, kernels::Precision::kBf16}) {
+    std::vector<Matrix> ws;
+    ws.push_back(RandomMatrix(DType::kBF16, 40, 96, rng).ToPanels());
+    ws.push_back(RandomMatrix(DType::kF32, 13, 50, rng));
+    ws.push_back(RandomMatrix(DType::kBF16, 130, 64, rng).ToPanels());
+    const std::vector<int64_t> tokens = {1, 70, 130};
+    std::vector<std::vector<float>> xs, many, alone;
+    std::vector<kernels::Product> products;
+    std::normal_distribution<float> dist;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      xs.emplace_back(tokens[i] * ws[i].cols);
+      for (float& v : xs.back()) v = dist(rng);
+      many.emplace_back(tokens[i] * ws[i].rows, -1.f);
+      alone.emplace_back(tokens[i] * ws[i].rows, -2.f);
+    }
+    for (size_t i = 0; i < ws.size(); ++i) {
+      products.push_back({xs[i].data(), ws[i].cols, tokens[i], &ws[i], many[i].data(), ws[i].rows});
+      kernels::MatMul(xs[i].data(), ws[i].cols, tokens[i], ws[i], alone[i].data(), ws[i].rows, pool,
+                      precision);
+    }
+    kernels::MatMulMany(products, pool, precision);
+    for (size_t i = 0; i < ws.size(); ++i) EXPECT_EQ(many[i], alone[i]) << "product " << i;
+  }
+}
+
 TEST(KernelsTest, RmsNormSoftmaxRope) {
   std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
   kernels::RmsNorm(x.data(), w.data(), 4, 0.f, out.data());

@@ -16,9 +16,12 @@ using ::testing::HasSubstr;
 class RecordingSink : public KvImportSink {
  public:
   absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const void* bytes) override {
+                        const void* bytes, size_t size) override {
     absl::MutexLock lock(&mu_);
     if (request_id != 7) return absl::NotFoundError("unknown request");
+    if (size != static_cast<size_t>((end - begin) * kWidth * sizeof(float))) {
+      return absl::InvalidArgumentError("wrong row bytes");
+    }
     const float* rows = static_cast<const float*>(bytes);
     for (int64_t pos = begin; pos < end; ++pos) {
       for (int d = 0; d < kWidth; ++d)
