@@ -1,9 +1,11 @@
 #include "engine/engine.h"
 
 #include <cstring>
+#include <future>
 #include <map>
 #include <optional>
 
+#include "engine/engine_loop.h"
 #include "engine/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -195,6 +197,30 @@ TEST(EngineTest, PrefillHandoffContinuesExactlyAsColocated) {
     EXPECT_EQ(split.finish, colocated.finish) << "variant " << variant;
     EXPECT_EQ(decode->stats().kv_blocks_used, 0);
   }
+}
+
+// KV rows arriving for a request awaiting them must be exactly its cache's
+// rows: a sender with another row size (another dtype) is refused, naming
+// both sizes, and never copied from.
+TEST(EngineTest, ImportKvRefusesRowsOfTheWrongSize) {
+  EngineLoop loop(MakeEngine(), {});
+  EngineRequest r;
+  r.prompt = {3, 4, 5, 6, 7};
+  r.sampling.max_tokens = 4;
+  r.external_prefill = true;
+  std::promise<void> reserved;
+  auto id = loop.Submit(r, [&](const TokenEvent& e) {
+    if (e.kv_reserved) reserved.set_value();
+  });
+  ASSERT_TRUE(id.ok()) << id.status();
+  reserved.get_future().wait();
+  const int64_t row_bytes = loop.engine().kv_cache().row_bytes();
+  std::vector<uint8_t> rows(5 * row_bytes);
+  absl::Status wrong = loop.ImportKv(*id, 0, 0, 5, rows.data(), rows.size() / 2);
+  EXPECT_EQ(wrong.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(wrong.message()), HasSubstr("bytes"));
+  EXPECT_TRUE(loop.ImportKv(*id, 0, 0, 5, rows.data(), rows.size()).ok());
+  loop.Cancel(*id);
 }
 
 TEST(EngineTest, CancelFreesBlocksAtOnce) {
