@@ -47,10 +47,10 @@ void BM_MatMulBf16(benchmark::State& state) {
       static_cast<double>(state.iterations()) * 2 * m * rows * cols, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_MatMulBf16)
-    ->ArgsProduct({{1}, {2048}, {7168}, {0, 1}})     // V3 q_a/kv_a-like row block, batch 1
+    ->ArgsProduct({{1}, {2048}, {7168}, {0, 1}})      // V3 q_a/kv_a-like row block, batch 1
     ->ArgsProduct({{8, 32}, {2048}, {7168}, {0, 1}})  // batches 8 and 32
-    ->ArgsProduct({{1}, {7168}, {2048}, {0, 1}})     // expert down-projection
-    ->ArgsProduct({{512}, {2048}, {2048}, {0, 1}})   // prefill panel
+    ->ArgsProduct({{1}, {7168}, {2048}, {0, 1}})      // expert down-projection
+    ->ArgsProduct({{512}, {2048}, {2048}, {0, 1}})    // prefill panel
     ->UseRealTime();
 
 // MLA decode attention over one layer's latent cache of `context` rows in

@@ -64,8 +64,8 @@ class KvImportSink {
 class EngineLoopKvSink : public KvImportSink {
  public:
   explicit EngineLoopKvSink(EngineLoop* loop) : loop_(loop) {}
-  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end,
-                        const void* rows, size_t bytes) override {
+  absl::Status ImportKv(int64_t request_id, int layer, int64_t begin, int64_t end, const void* rows,
+                        size_t bytes) override {
     return loop_->ImportKv(request_id, layer, begin, end, rows, bytes);
   }
 

@@ -214,6 +214,51 @@ __global__ void MlaSumsKernel(const float* probs, int64_t heads, int64_t width, 
   }
 }
 
+// One MLA decode attention, all in device memory.
+struct MlaProblem {
+  const float* q;
+  int64_t tokens, heads, width, lora;
+  const uint16_t* cache;
+  int64_t block_rows;
+  const int32_t* tables;
+  int64_t max_blocks;
+  const int32_t* lengths;
+  int64_t max_len;
+  float scale;
+  float* scores;  // [tokens][heads][max_len] scratch
+  float* out;     // [tokens][heads][lora]
+};
+
+// Queues the three kernels on `stream`.
+absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) {
+  const unsigned tokens = static_cast<unsigned>(p.tokens);
+  const unsigned head_tiles = static_cast<unsigned>((p.heads + kHeadTile - 1) / kHeadTile);
+  const size_t query_bytes = sizeof(float) * kHeadTile * p.width;
+  if (query_bytes > 48 * 1024) {  // Above the default limit the kernel must opt in.
+    if (absl::Status s =
+            Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(query_bytes)),
+                  "MlaScores shared memory");
+        !s.ok()) {
+      return s;
+    }
+  }
+  MlaScoresKernel<<<dim3(tokens, head_tiles,
+                         static_cast<unsigned>((p.max_len + kScoreRows - 1) / kScoreRows)),
+                    kThreads, query_bytes, stream>>>(p.q, p.heads, p.width, p.cache, p.block_rows,
+                                                     p.tables, p.max_blocks, p.lengths, p.scale,
+                                                     p.max_len, p.scores);
+  if (absl::Status s = Check(cudaGetLastError(), "MlaScores"); !s.ok()) return s;
+  MlaSoftmaxKernel<<<dim3(tokens, static_cast<unsigned>(p.heads)), kThreads, 0, stream>>>(
+      p.scores, p.heads, p.lengths, p.max_len);
+  if (absl::Status s = Check(cudaGetLastError(), "MlaSoftmax"); !s.ok()) return s;
+  MlaSumsKernel<<<dim3(tokens, head_tiles,
+                       static_cast<unsigned>((p.lora + kSumColumns - 1) / kSumColumns)),
+                  kThreads, 0, stream>>>(p.scores, p.heads, p.width, p.lora, p.cache, p.block_rows,
+                                         p.tables, p.max_blocks, p.lengths, p.max_len, p.out);
+  return Check(cudaGetLastError(), "MlaSums");
+}
+
 // Copies `count` elements to a new device buffer.
 template <typename T>
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t count, cudaStream_t s) {
@@ -339,34 +384,21 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
   DeviceBuffer dout(sizeof(float) * tokens * heads * lora);
   if (!scores.status().ok()) return scores.status();
   if (!dout.status().ok()) return dout.status();
-  const unsigned head_tiles = static_cast<unsigned>((heads + kHeadTile - 1) / kHeadTile);
-  const dim3 score_grid(static_cast<unsigned>(tokens), head_tiles,
-                        static_cast<unsigned>((max_len + kScoreRows - 1) / kScoreRows));
-  const size_t query_bytes = sizeof(float) * kHeadTile * width;
-  if (query_bytes > 48 * 1024) {
-    if (absl::Status s =
-            Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(query_bytes)),
-                  "MlaScores shared memory");
-        !s.ok()) {
-      return s;
-    }
-  }
-  MlaScoresKernel<<<score_grid, kThreads, query_bytes, stream.get()>>>(
-      (*dq)->get<float>(), heads, width, (*dcache)->get<uint16_t>(), block_rows,
-      (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), scale, max_len,
-      scores.get<float>());
-  if (absl::Status s = Check(cudaGetLastError(), "MlaScores"); !s.ok()) return s;
-  MlaSoftmaxKernel<<<dim3(static_cast<unsigned>(tokens), static_cast<unsigned>(heads)), kThreads, 0,
-                     stream.get()>>>(scores.get<float>(), heads, (*dlengths)->get<int32_t>(),
-                                     max_len);
-  if (absl::Status s = Check(cudaGetLastError(), "MlaSoftmax"); !s.ok()) return s;
-  const dim3 sum_grid(static_cast<unsigned>(tokens), head_tiles,
-                      static_cast<unsigned>((lora + kSumColumns - 1) / kSumColumns));
-  MlaSumsKernel<<<sum_grid, kThreads, 0, stream.get()>>>(
-      scores.get<float>(), heads, width, lora, (*dcache)->get<uint16_t>(), block_rows,
-      (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), max_len,
-      dout.get<float>());
+  const MlaProblem problem{(*dq)->get<float>(),
+                           tokens,
+                           heads,
+                           width,
+                           lora,
+                           (*dcache)->get<uint16_t>(),
+                           block_rows,
+                           (*dtables)->get<int32_t>(),
+                           max_blocks,
+                           (*dlengths)->get<int32_t>(),
+                           max_len,
+                           scale,
+                           scores.get<float>(),
+                           dout.get<float>()};
+  if (absl::Status s = LaunchMlaDecodeAttention(problem, stream.get()); !s.ok()) return s;
   return FinishLaunch("MlaSums", out, dout.get<float>(), tokens * heads * lora, stream.get());
 }
 
@@ -399,33 +431,22 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
   DeviceBuffer dout(sizeof(float) * tokens * heads * kLora);
   if (!scores.status().ok()) return scores.status();
   if (!dout.status().ok()) return dout.status();
-  const size_t query_bytes = sizeof(float) * kHeadTile * kWidth;
-  if (absl::Status s =
-          Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(query_bytes)),
-                "MlaScores shared memory");
-      !s.ok()) {
-    return s;
-  }
-  const unsigned head_tiles = static_cast<unsigned>((heads + kHeadTile - 1) / kHeadTile);
-  auto launch = [&] {
-    MlaScoresKernel<<<dim3(static_cast<unsigned>(tokens), head_tiles,
-                           static_cast<unsigned>((context + kScoreRows - 1) / kScoreRows)),
-                      kThreads, query_bytes, stream.get()>>>(
-        (*dq)->get<float>(), heads, kWidth, (*dcache)->get<uint16_t>(), kBlockRows,
-        (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), 0.04f, context,
-        scores.get<float>());
-    MlaSoftmaxKernel<<<dim3(static_cast<unsigned>(tokens), static_cast<unsigned>(heads)), kThreads,
-                       0, stream.get()>>>(scores.get<float>(), heads, (*dlengths)->get<int32_t>(),
-                                          context);
-    MlaSumsKernel<<<dim3(static_cast<unsigned>(tokens), head_tiles,
-                         static_cast<unsigned>(kLora / kSumColumns)),
-                    kThreads, 0, stream.get()>>>(
-        scores.get<float>(), heads, kWidth, kLora, (*dcache)->get<uint16_t>(), kBlockRows,
-        (*dtables)->get<int32_t>(), max_blocks, (*dlengths)->get<int32_t>(), context,
-        dout.get<float>());
-  };
-  launch();  // Warm-up.
+  const MlaProblem problem{(*dq)->get<float>(),
+                           tokens,
+                           heads,
+                           kWidth,
+                           kLora,
+                           (*dcache)->get<uint16_t>(),
+                           kBlockRows,
+                           (*dtables)->get<int32_t>(),
+                           max_blocks,
+                           (*dlengths)->get<int32_t>(),
+                           context,
+                           0.04f,
+                           scores.get<float>(),
+                           dout.get<float>()};
+  auto launch = [&] { return LaunchMlaDecodeAttention(problem, stream.get()); };
+  if (absl::Status s = launch(); !s.ok()) return s;  // Warm-up.
   cudaEvent_t start, stop;
   if (absl::Status s = Check(cudaEventCreate(&start), "event"); !s.ok()) return s;
   if (absl::Status s = Check(cudaEventCreate(&stop), "event"); !s.ok()) {
@@ -435,8 +456,7 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
   std::vector<float> ms(reps);
   auto timed = [&](float* elapsed) -> absl::Status {
     if (absl::Status s = Check(cudaEventRecord(start, stream.get()), "record"); !s.ok()) return s;
-    launch();
-    if (absl::Status s = Check(cudaGetLastError(), "MlaDecodeAttention"); !s.ok()) return s;
+    if (absl::Status s = launch(); !s.ok()) return s;
     if (absl::Status s = Check(cudaEventRecord(stop, stream.get()), "record"); !s.ok()) return s;
     if (absl::Status s = Check(cudaEventSynchronize(stop), "sync"); !s.ok()) return s;
     return Check(cudaEventElapsedTime(elapsed, start, stop), "elapsed");
