@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -27,6 +28,7 @@ namespace {
 
 struct BenchFlags {
   std::string addr = "localhost:50051";
+  std::string baseline_addr;  // Paired comparison: every request also goes here.
   std::string metrics_addr;
   int64_t concurrency = 8;
   double rate = 0;  // Requests per second; > 0 switches to Poisson arrivals.
@@ -124,6 +126,48 @@ std::string FetchMetrics(const std::string& addr) {
   return body;
 }
 
+// Latency percentiles, throughput and goodput of one server's requests.
+nlohmann::json Summarize(const std::vector<RequestStats>& stats, double elapsed,
+                         const BenchFlags& f) {
+  std::vector<double> ttft, itl, e2e;
+  int64_t ok = 0, good = 0, output_tokens = 0, prompt_tokens = 0;
+  std::string first_error;
+  for (const RequestStats& s : stats) {
+    if (!s.ok) {
+      if (first_error.empty()) first_error = s.error;
+      continue;
+    }
+    ++ok;
+    ttft.push_back(s.ttft);
+    e2e.push_back(s.e2e);
+    itl.insert(itl.end(), s.itl.begin(), s.itl.end());
+    output_tokens += s.output_tokens;
+    prompt_tokens += s.prompt_tokens;
+    const bool ttft_ok = f.slo_ttft_ms <= 0 || s.ttft * 1e3 <= f.slo_ttft_ms;
+    const bool itl_ok = f.slo_itl_ms <= 0 || Percentile(s.itl, 90) * 1e3 <= f.slo_itl_ms;
+    if (ttft_ok && itl_ok) ++good;
+  }
+  nlohmann::json out;
+  out["succeeded"] = ok;
+  out["failed"] = static_cast<int64_t>(stats.size()) - ok;
+  out["elapsed_s"] = elapsed;
+  out["output_tokens_per_s"] = output_tokens / elapsed;
+  out["prompt_tokens_per_s"] = prompt_tokens / elapsed;
+  out["requests_per_s"] = ok / elapsed;
+  out["goodput_requests_per_s"] = good / elapsed;
+  out["slo_attainment"] = stats.empty() ? 0.0 : static_cast<double>(good) / stats.size();
+  for (auto& [name, v] : std::vector<std::pair<std::string, std::vector<double>*>>{
+           {"ttft_ms", &ttft}, {"itl_ms", &itl}, {"e2e_ms", &e2e}}) {
+    out[name] = {
+        {"p50", Percentile(*v, 50) * 1e3},
+        {"p90", Percentile(*v, 90) * 1e3},
+        {"p99", Percentile(*v, 99) * 1e3},
+        {"mean", v->empty() ? 0.0 : std::accumulate(v->begin(), v->end(), 0.0) / v->size() * 1e3}};
+  }
+  if (!first_error.empty()) out["first_error"] = first_error;
+  return out;
+}
+
 }  // namespace
 
 int RunBench(const Args& args) {
@@ -133,6 +177,10 @@ int RunBench(const Args& args) {
                 "--rate requests/s. Prompts are random token ids (ignore_eos, so lengths are\n"
                 "exact); lengths are fixed, or uniform in [len, len-max] when len-max is set.");
   flags.String("addr", &f.addr, "server address host:port");
+  flags.String("baseline-addr", &f.baseline_addr,
+               "a second server that gets every request too, one after the other in\n"
+               "alternating order (concurrency 1): reports both and their paired TTFT\n"
+               "difference, which this noisy a machine cannot show by separate runs");
   flags.String("metrics-addr", &f.metrics_addr,
                "the server's metrics host:port, to report engine step time per token");
   flags.Int("concurrency", &f.concurrency,
@@ -160,6 +208,10 @@ int RunBench(const Args& args) {
     std::fprintf(
         stderr,
         "baton bench: --concurrency, --requests, --prompt-len and --output-len must be >= 1\n");
+    return 2;
+  }
+  if (!f.baseline_addr.empty() && (f.concurrency != 1 || f.rate > 0)) {
+    std::fprintf(stderr, "baton bench: --baseline-addr needs --concurrency 1 and no --rate\n");
     return 2;
   }
   auto channel = grpc::CreateChannel(f.addr, grpc::InsecureChannelCredentials());
@@ -196,15 +248,38 @@ int RunBench(const Args& args) {
     for (double& a : arrivals) a = (t += gap(rng));
   }
 
+  std::unique_ptr<v1::Inference::Stub> baseline;
+  if (!f.baseline_addr.empty()) {
+    baseline = v1::Inference::NewStub(
+        grpc::CreateChannel(f.baseline_addr, grpc::InsecureChannelCredentials()));
+  }
+
   // Warm-up, then the measured run.
-  for (int64_t i = 0; i < f.warmup; ++i) RunOne(*stub, requests[i]);
+  for (int64_t i = 0; i < f.warmup; ++i) {
+    RunOne(*stub, requests[i]);
+    if (baseline) RunOne(*baseline, requests[i]);
+  }
   const std::string metrics_before = f.metrics_addr.empty() ? "" : FetchMetrics(f.metrics_addr);
-  std::vector<RequestStats> stats(f.requests);
+  std::vector<RequestStats> stats(f.requests), baseline_stats;
   std::atomic<int64_t> next{0};
   const absl::Time start = absl::Now();
   std::vector<std::thread> workers;
-  absl::Mutex mu;
-  for (int64_t w = 0; w < f.concurrency; ++w) {
+  if (baseline) {
+    // Pairs in the order AB BA AB ...: whichever server runs second in a pair
+    // (and so finds the caches the first one left) alternates.
+    baseline_stats.resize(f.requests);
+    for (int64_t i = 0; i < f.requests; ++i) {
+      const v1::GenerateRequest& r = requests[f.warmup + i];
+      if (i % 2 == 0) {
+        stats[i] = RunOne(*stub, r);
+        baseline_stats[i] = RunOne(*baseline, r);
+      } else {
+        baseline_stats[i] = RunOne(*baseline, r);
+        stats[i] = RunOne(*stub, r);
+      }
+    }
+  }
+  for (int64_t w = 0; w < (baseline ? 0 : f.concurrency); ++w) {
     workers.emplace_back([&] {
       while (true) {
         const int64_t i = next.fetch_add(1);
@@ -221,45 +296,30 @@ int RunBench(const Args& args) {
   const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
   const std::string metrics_after = f.metrics_addr.empty() ? "" : FetchMetrics(f.metrics_addr);
 
-  std::vector<double> ttft, itl, e2e;
-  int64_t ok = 0, good = 0, output_tokens = 0, prompt_tokens = 0;
-  std::string first_error;
-  for (const RequestStats& s : stats) {
-    if (!s.ok) {
-      if (first_error.empty()) first_error = s.error;
-      continue;
-    }
-    ++ok;
-    ttft.push_back(s.ttft);
-    e2e.push_back(s.e2e);
-    itl.insert(itl.end(), s.itl.begin(), s.itl.end());
-    output_tokens += s.output_tokens;
-    prompt_tokens += s.prompt_tokens;
-    const bool ttft_ok = f.slo_ttft_ms <= 0 || s.ttft * 1e3 <= f.slo_ttft_ms;
-    const bool itl_ok = f.slo_itl_ms <= 0 || Percentile(s.itl, 90) * 1e3 <= f.slo_itl_ms;
-    if (ttft_ok && itl_ok) ++good;
-  }
-  nlohmann::json out;
+  nlohmann::json out = Summarize(stats, elapsed, f);
   out["addr"] = f.addr;
   out["mode"] = f.rate > 0 ? "poisson" : "closed_loop";
   out["concurrency"] = f.concurrency;
   out["rate"] = f.rate;
   out["requests"] = f.requests;
-  out["succeeded"] = ok;
-  out["failed"] = f.requests - ok;
-  out["elapsed_s"] = elapsed;
-  out["output_tokens_per_s"] = output_tokens / elapsed;
-  out["prompt_tokens_per_s"] = prompt_tokens / elapsed;
-  out["requests_per_s"] = ok / elapsed;
-  out["goodput_requests_per_s"] = good / elapsed;
-  out["slo_attainment"] = f.requests > 0 ? static_cast<double>(good) / f.requests : 0.0;
-  for (auto& [name, v] : std::vector<std::pair<std::string, std::vector<double>*>>{
-           {"ttft_ms", &ttft}, {"itl_ms", &itl}, {"e2e_ms", &e2e}}) {
-    out[name] = {
-        {"p50", Percentile(*v, 50) * 1e3},
-        {"p90", Percentile(*v, 90) * 1e3},
-        {"p99", Percentile(*v, 99) * 1e3},
-        {"mean", v->empty() ? 0.0 : std::accumulate(v->begin(), v->end(), 0.0) / v->size() * 1e3}};
+  const int64_t ok = out["succeeded"].get<int64_t>();
+  std::string first_error = out.value("first_error", "");
+  if (!f.baseline_addr.empty()) {
+    nlohmann::json base = Summarize(baseline_stats, elapsed, f);
+    base["addr"] = f.baseline_addr;
+    if (first_error.empty()) first_error = base.value("first_error", "");
+    // Per pair: this request's TTFT here minus on the baseline, measured
+    // moments apart, so that the machine's drift cancels.
+    std::vector<double> diff, ratio;
+    for (int64_t i = 0; i < f.requests; ++i) {
+      if (!stats[i].ok || !baseline_stats[i].ok) continue;
+      diff.push_back(stats[i].ttft - baseline_stats[i].ttft);
+      ratio.push_back(stats[i].ttft / baseline_stats[i].ttft);
+    }
+    out["baseline"] = base;
+    out["paired"] = {{"pairs", diff.size()},
+                     {"ttft_diff_ms_p50", Percentile(diff, 50) * 1e3},
+                     {"ttft_ratio_p50", Percentile(ratio, 50)}};
   }
   if (!metrics_after.empty()) {
     const double step_s = MetricSum(metrics_after, "baton_engine_step_duration_seconds_sum") -
@@ -314,9 +374,21 @@ int RunBench(const Args& args) {
                                           out["overhead_ms_per_token"].get<double>())
                               .c_str());
     }
+    if (out.contains("paired")) {
+      std::printf("%s\n",
+                  absl::StrFormat("baseline %s: ttft_ms p50 %.2f; paired TTFT difference "
+                                  "p50 %+.2f ms, ratio p50 %.3f (%d pairs)",
+                                  f.baseline_addr, out["baseline"]["ttft_ms"]["p50"].get<double>(),
+                                  out["paired"]["ttft_diff_ms_p50"].get<double>(),
+                                  out["paired"]["ttft_ratio_p50"].get<double>(),
+                                  out["paired"]["pairs"].get<int64_t>())
+                      .c_str());
+    }
     if (!first_error.empty()) std::printf("first error: %s\n", first_error.c_str());
   }
-  return ok == f.requests ? 0 : 1;
+  const int64_t baseline_ok =
+      out.contains("baseline") ? out["baseline"]["succeeded"].get<int64_t>() : f.requests;
+  return ok == f.requests && baseline_ok == f.requests ? 0 : 1;
 }
 
 }  // namespace baton::cli
