@@ -97,9 +97,7 @@ absl::Status Engine::Add(EngineRequest request) {
   BATON_RETURN_IF_ERROR(Validate(request));
   auto s = std::make_unique<Sequence>();
   s->blocks = KvBlocks(cache_.get());
-  s->seed = request.sampling.seed.has_value()
-                ? *request.sampling.seed
-                : std::random_device{}() ^ (++seed_counter_ * 0x9e3779b97f4a7c15ull);
+  s->seed = request.sampling.seed.has_value() ? *request.sampling.seed : seed_source_();
   s->awaiting_import = request.external_prefill;
   s->request = std::move(request);
   waiting_.push_back(std::move(s));

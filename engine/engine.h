@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -116,6 +117,8 @@ class Engine {
   std::optional<TokenEvent> ImportDone(int64_t request_id, const SampledToken& first);
 
   bool HasWork() const;
+  // Out of work for now: the compute threads stop spinning and sleep.
+  void Rest() { pool_.Rest(); }
   // Runs one step and returns its events.
   std::vector<TokenEvent> Step();
 
@@ -153,7 +156,9 @@ class Engine {
   std::vector<std::unique_ptr<Sequence>> running_;  // In admission order.
   std::vector<TokenEvent> finished_;                // Cancellations to report next step.
   std::vector<float> logits_;
-  uint64_t seed_counter_ = 0;
+  // Seeds for requests that name none: drawn from the OS once, not per
+  // request (a std::random_device read costs ~27 us on a VM).
+  std::mt19937_64 seed_source_{std::random_device{}()};
   int64_t last_step_tokens_ = 0;
   int64_t last_step_sequences_ = 0;
   int64_t preemptions_ = 0;

@@ -166,6 +166,9 @@ void EngineLoop::Run() {
       if (options_.on_step && stats.last_step_tokens > 0) {
         options_.on_step({absl::Now() - start, stats.last_step_tokens, stats.last_step_sequences});
       }
+      // Before delivering: the callbacks wake the threads that ship these
+      // events, and spinning compute threads would hold the cores they need.
+      if (!engine_->HasWork()) engine_->Rest();
       for (const TokenEvent& e : events) Deliver(e);
     }
     {

@@ -78,7 +78,8 @@ void ThreadPool::WorkerLoop() {
       int spins = 0;
       while ((current = job_signal_.load()) == seen) {
         CpuRelax();
-        if (++spins % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
+        if (resting_.load(std::memory_order_relaxed) ||
+            (++spins % 64 == 0 && std::chrono::steady_clock::now() > deadline)) {
           sleeping_workers_.fetch_add(1);
           if (job_signal_.load() == seen) FutexWait(job_signal_, seen);
           sleeping_workers_.fetch_sub(1);
@@ -106,6 +107,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   chunk_size_ = (grains + chunks - 1) / chunks * grain;
   num_chunks_.store(static_cast<uint32_t>((n + chunk_size_ - 1) / chunk_size_));
   chunks_done_.store(0);
+  resting_.store(false, std::memory_order_relaxed);
   const uint32_t job_id = job_signal_.load() + 1;
   ticket_.store(static_cast<uint64_t>(job_id) << 32);
   job_signal_.store(job_id);

@@ -34,6 +34,12 @@ class ThreadPool {
   // returns when all are done.
   void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+  // Idle workers sleep now instead of spinning until the next job: for the
+  // end of a burst of jobs (the engine is out of work), so that the cores go
+  // to whoever needs them next, e.g. the threads that ship the result. The
+  // next ParallelFor() wakes them as usual. Same thread as ParallelFor().
+  void Rest() { resting_.store(true, std::memory_order_relaxed); }
+
  private:
   void WorkerLoop();
   // Claims and runs chunks of job `job_id` until none is left.
@@ -52,6 +58,7 @@ class ThreadPool {
   std::atomic<uint32_t> num_chunks_{0};
   std::atomic<int> sleeping_workers_{0};
   std::atomic<bool> caller_sleeping_{false};
+  std::atomic<bool> resting_{false};
   std::atomic<bool> stop_{false};
 };
 

@@ -189,8 +189,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         // The prefill worker samples the first token: it must use the seed
         // this engine will use for the rest.
         if (!engine_request->sampling.seed.has_value()) {
-          engine_request->sampling.seed =
-              (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+          engine_request->sampling.seed = service_->RandomBits();
         }
         engine_request->external_prefill = true;
         state_->prefill_address = plan->prefill_address;
@@ -200,18 +199,25 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         state_->loop = service_->loop_;
       }
     }
+    // When the blocks are surely free, the prefill starts before the engine
+    // loop has reserved them: the Prefill call and the reservation overlap
+    // instead of adding up in the time to first token.
+    if (state_->loop != nullptr && RoomForPrompt()) StartRemotePrefill(0, /*reserved=*/false);
     std::shared_ptr<State> state = state_;
     auto id = service_->loop_->Submit(std::move(*engine_request),
                                       [state](const TokenEvent& e) { state->OnEvent(e); });
     if (!id.ok()) {
+      StopUpstream();
       FinishNow(ToGrpc(id.status()));
       return;
     }
     service_->metrics_->AddPromptTokens(prompt_tokens_);
-    absl::MutexLock lock(&state_->mu);
-    state_->engine_id = *id;
-    // A cancel that raced with Submit() could not name the request yet.
-    if (state_->final_ready) service_->loop_->Cancel(*id);
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->engine_id = *id;
+      // A cancel that raced with Submit() could not name the request yet.
+      if (state_->final_ready) service_->loop_->Cancel(*id);
+    }
     (void)context;
   }
 
@@ -275,6 +281,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     uint64_t seed = 0;
     EngineLoop* loop = nullptr;
     uint64_t transfer_id ABSL_GUARDED_BY(mu) = 0;
+    bool prefill_started ABSL_GUARDED_BY(mu) = false;
     // The KV import (the first token on its end marker) hands the request to
     // the engine; the prefill call's answer only reports failures.
     bool imported ABSL_GUARDED_BY(mu) = false;
@@ -387,34 +394,52 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     Pump();
   }
 
-  // On the engine thread: the request's blocks are reserved; have the
-  // prefill worker fill them.
-  void StartRemotePrefill(const TokenEvent& e) {
+  // Whether the engine will reserve this prompt's blocks at its next look:
+  // nothing queued ahead of it, and room for the prompt plus a block for
+  // each running sequence that may grow meanwhile.
+  bool RoomForPrompt() const {
+    const EngineStats s = service_->loop_->stats();
+    const int64_t block = service_->disaggregation_->layout.block_size;
+    const int64_t needed = (prompt_tokens_ + block - 1) / block + s.running;
+    return s.waiting == 0 && s.kv_blocks_total - s.kv_blocks_used >= needed;
+  }
+
+  // Has the prefill worker fill engine request `request_id`'s blocks once
+  // they are reserved (on the engine thread), or before the request is even
+  // submitted (`reserved` false, from the constructor), in which case the
+  // reservation only tells the receiver where the rows go.
+  void StartRemotePrefill(int64_t request_id, bool reserved) {
     const DisaggregationContext& d = *service_->disaggregation_;
-    const uint64_t transfer_id = (static_cast<uint64_t>(std::random_device{}()) << 32) ^
-                                 std::random_device{}() ^ static_cast<uint64_t>(e.request_id);
     std::shared_ptr<State> state = state_;
-    // Register the transfer before publishing it, so that a cancel racing
-    // with this always finds something to forget.
-    d.receiver->Expect(transfer_id, e.request_id, static_cast<int64_t>(state_->prompt.size()),
-                       [state](absl::Status s, std::string closing) {
-                         v1::GeneratedToken token;
-                         if (s.ok() && !token.ParseFromString(closing)) {
-                           s = absl::DataLossError("the first token did not parse");
-                         }
-                         if (s.ok()) {
-                           state->OnImported(FromProto(token));
-                         } else {
-                           state->OnPrefillFailed(s);
-                         }
-                       });
+    uint64_t transfer_id;
     {
       absl::MutexLock lock(&state_->mu);
-      state_->transfer_id = transfer_id;
-      if (state_->final_ready) {
-        d.receiver->Forget(transfer_id);
+      if (state_->prefill_started) {
+        if (reserved && state_->transfer_id != 0) {
+          d.receiver->Ready(state_->transfer_id, request_id);
+        }
         return;
       }
+      state_->prefill_started = true;
+      if (state_->final_ready) return;
+      transfer_id = service_->RandomBits();
+      state_->transfer_id = transfer_id;
+      // Registered before the Prefill call names it, so that a cancel racing
+      // with this always finds something to forget.
+      d.receiver->Expect(
+          transfer_id, request_id, static_cast<int64_t>(state_->prompt.size()),
+          [state](absl::Status s, std::string closing) {
+            v1::GeneratedToken token;
+            if (s.ok() && !token.ParseFromString(closing)) {
+              s = absl::DataLossError("the first token did not parse");
+            }
+            if (s.ok()) {
+              state->OnImported(FromProto(token));
+            } else {
+              state->OnPrefillFailed(s);
+            }
+          },
+          reserved);
       state_->prefill_context = std::make_unique<grpc::ClientContext>();
       state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
       state_->prefill_context->set_deadline(std::chrono::system_clock::now() +
@@ -447,7 +472,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
 
   void OnEngineEvent(const TokenEvent& e) {
     if (e.kv_reserved) {
-      StartRemotePrefill(e);
+      StartRemotePrefill(e.request_id, /*reserved=*/true);
       return;
     }
     v1::GenerateResponse chunk;

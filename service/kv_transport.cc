@@ -194,9 +194,17 @@ void KvReceiver::AcceptLoop() {
 }
 
 void KvReceiver::Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
-                        DoneCallback on_done) {
+                        DoneCallback on_done, bool ready) {
   absl::MutexLock lock(&mu_);
-  expected_[transfer_id] = {request_id, tokens, std::move(on_done), -1};
+  expected_[transfer_id] = {request_id, tokens, std::move(on_done), ready, -1};
+}
+
+void KvReceiver::Ready(uint64_t transfer_id, int64_t request_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = expected_.find(transfer_id);
+  if (it == expected_.end()) return;
+  it->second.request_id = request_id;
+  it->second.ready = true;
 }
 
 void KvReceiver::Forget(uint64_t transfer_id) {
@@ -289,11 +297,33 @@ void KvReceiver::Serve(int fd) {
     finish(absl::UnavailableError("the prefill worker left during the handshake"));
     return;
   }
-  int64_t request_id, tokens;
+  int64_t request_id = 0, tokens = 0;
+  bool in_time, gone;
   {
     absl::MutexLock lock(&mu_);
-    request_id = expected_[transfer_id].request_id;
-    tokens = expected_[transfer_id].tokens;
+    // Until the blocks are reserved, the frames wait in the socket (and the
+    // sender's queue): the engine has nowhere to put them yet.
+    auto ready_or_gone = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      auto it = expected_.find(transfer_id);
+      return stopping_.load() || it == expected_.end() || it->second.ready;
+    };
+    in_time =
+        mu_.AwaitWithTimeout(absl::Condition(&ready_or_gone), absl::Milliseconds(kIdleTimeoutMs));
+    auto it = expected_.find(transfer_id);
+    gone = it == expected_.end() || stopping_.load();
+    if (!gone) {
+      request_id = it->second.request_id;
+      tokens = it->second.tokens;
+    }
+  }
+  if (gone) {
+    finish(absl::CancelledError("the request ended before its KV arrived"));
+    return;
+  }
+  if (!in_time) {
+    finish(absl::ResourceExhaustedError(
+        absl::StrCat("no KV blocks were free for the transfer within ", kIdleTimeoutMs, " ms")));
+    return;
   }
   // Frames.
   const auto start = std::chrono::steady_clock::now();

@@ -94,8 +94,16 @@ class KvReceiver {
   // `tokens` rows per layer. `on_done` runs once, on a receiver thread: OK
   // once every row of every layer was imported, with the sender's closing
   // message (see KvSender::Finish), or the failure.
+  // With `ready` false the engine request has no blocks yet (the prefill
+  // was started before it was submitted, so that the two overlap):
+  // `request_id` is ignored and frames wait in the socket until Ready(), at
+  // most kIdleTimeoutMs.
   using DoneCallback = std::function<void(absl::Status status, std::string closing)>;
-  void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens, DoneCallback on_done);
+  void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens, DoneCallback on_done,
+              bool ready = true);
+  // Engine request `request_id` has reserved the blocks for an
+  // Expect(..., ready = false) transfer.
+  void Ready(uint64_t transfer_id, int64_t request_id);
   // The request ended: drop its transfer (and any connection still sending).
   void Forget(uint64_t transfer_id);
 
@@ -107,6 +115,7 @@ class KvReceiver {
     int64_t request_id = 0;
     int64_t tokens = 0;
     DoneCallback on_done;
+    bool ready = true;
     int fd = -1;  // The connection serving it, once one does.
   };
   KvReceiver() = default;

@@ -2,6 +2,7 @@
 // between a KvSender and a KvReceiver with a recording sink.
 #include "service/kv_transport.h"
 
+#include <atomic>
 #include <future>
 
 #include "absl/synchronization/mutex.h"
@@ -81,6 +82,51 @@ TEST(KvTransportTest, LayersInChunksArriveWhereTheyBelong) {
   absl::MutexLock lock(&c.sink.mu_);
   EXPECT_EQ(c.sink.rows_.size(), 20u);
   EXPECT_EQ(c.sink.rows_[std::make_pair(1, int64_t{7})], (std::vector<float>{1070, 1071, 1072}));
+}
+
+// A prefill started before the decode worker reserved blocks: its frames
+// wait until Ready() says which request's blocks they go to.
+TEST(KvTransportTest, FramesWaitUntilTheBlocksAreReady) {
+  Channel c;
+  std::promise<absl::Status> received, sent;
+  c.receiver->Expect(
+      42, /*request_id=*/0, 4, [&](absl::Status s, std::string) { received.set_value(s); },
+      /*ready=*/false);
+  KvSender sender(c.address(), 42, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); });
+  for (int layer = 0; layer < 2; ++layer) sender.Send(layer, 0, 4, Rows(layer, 0, 4));
+  sender.Finish(4, "t", [&](absl::Status s) { sent.set_value(s); });
+  auto received_future = received.get_future();
+  EXPECT_EQ(received_future.wait_for(std::chrono::milliseconds(200)), std::future_status::timeout);
+  {
+    absl::MutexLock lock(&c.sink.mu_);
+    EXPECT_TRUE(c.sink.rows_.empty());  // Nothing imported into request 0.
+  }
+  c.receiver->Ready(42, 7);
+  EXPECT_TRUE(received_future.get().ok());
+  EXPECT_TRUE(sent.get_future().get().ok());
+  absl::MutexLock lock(&c.sink.mu_);
+  EXPECT_EQ(c.sink.rows_.size(), 8u);
+}
+
+// The request ends while its early transfer waits for blocks: the receiver
+// lets go of the connection at once, and the sender learns of it.
+TEST(KvTransportTest, ForgettingAWaitingTransferClosesItsChannel) {
+  Channel c;
+  std::atomic<bool> called{false};
+  c.receiver->Expect(
+      43, 0, 4, [&](absl::Status, std::string) { called = true; }, /*ready=*/false);
+  std::promise<absl::Status> sent;
+  KvSender sender(c.address(), 43, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); });
+  sender.Send(0, 0, 4, Rows(0, 0, 4));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // Handshake done, waiting.
+  c.receiver->Forget(43);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // The receiver closes.
+  sender.Send(1, 0, 4, Rows(1, 0, 4));
+  sender.Finish(4, "t", [&](absl::Status s) { sent.set_value(s); });
+  auto outcome = sent.get_future();
+  ASSERT_EQ(outcome.wait_for(std::chrono::seconds(2)), std::future_status::ready);
+  EXPECT_FALSE(outcome.get().ok());
+  EXPECT_FALSE(called);  // A forgotten transfer reports nothing.
 }
 
 TEST(KvTransportTest, WrongSecretAndMismatchedLayoutAreRefused) {
