@@ -5,6 +5,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -20,8 +21,9 @@
 namespace baton {
 namespace {
 
-constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'K', 'V', '1'};
+constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'K', 'V', '2'};
 constexpr uint32_t kDoneLayer = 0xffffffffu;
+constexpr uint32_t kStartLayer = 0xfffffffeu;
 constexpr uint32_t kMaxHelloBytes = 64 << 10;
 
 struct FrameHeader {
@@ -170,6 +172,7 @@ void KvReceiver::AcceptLoop() {
       continue;
     }
     TuneSocket(fd);
+    connections_accepted_.fetch_add(1);
     std::vector<std::thread> finished;
     {
       absl::MutexLock lock(&mu_);
@@ -230,26 +233,23 @@ void KvReceiver::Complete(uint64_t transfer_id, const absl::Status& status, std:
 
 void KvReceiver::Serve(int fd) {
   const std::string peer = PeerName(fd);
-  uint64_t transfer_id = 0;
-  bool claimed = false;
-  auto finish = [&](const absl::Status& status, std::string closing = "") {
-    if (claimed) Complete(transfer_id, status, std::move(closing));
+  auto close_connection = [&] {
     absl::MutexLock lock(&mu_);
     open_fds_.erase(std::remove(open_fds_.begin(), open_fds_.end(), fd), open_fds_.end());
     close(fd);
   };
-  // Handshake.
+  // Handshake, once per connection.
   char magic[8];
   uint32_t hello_len = 0;
   if (!ReadFull(fd, magic, 8, kIdleTimeoutMs).ok() || std::memcmp(magic, kMagic, 8) != 0 ||
       !ReadFull(fd, &hello_len, 4, kIdleTimeoutMs).ok() || hello_len > kMaxHelloBytes) {
     if (observer_.on_failure) observer_.on_failure("bad_handshake");
-    finish(absl::OkStatus());
+    close_connection();
     return;
   }
   std::string hello_text(hello_len, '\0');
   if (!ReadFull(fd, hello_text.data(), hello_len, kIdleTimeoutMs).ok()) {
-    finish(absl::OkStatus());
+    close_connection();
     return;
   }
   nlohmann::json hello = nlohmann::json::parse(hello_text, nullptr, false);
@@ -272,30 +272,49 @@ void KvReceiver::Serve(int fd) {
                            layout_.width, " ", layout_.dtype, ", block ", layout_.block_size,
                            "; prefill: ", field("layers"), " x ", field("width"), " ",
                            field("dtype"), ", block ", field("block_size"), ")");
-  } else {
-    uint64_t id = 0;
-    if (hello.contains("transfer_id") && hello["transfer_id"].is_number_unsigned()) {
-      id = hello["transfer_id"].get<uint64_t>();
-    }
-    absl::MutexLock lock(&mu_);
-    auto it = expected_.find(id);
-    if (it == expected_.end() || it->second.fd >= 0) {
-      refusal = "refused: unknown or already served transfer";
-    } else {
-      it->second.fd = fd;
-      transfer_id = id;
-      claimed = true;
-    }
   }
   if (!refusal.empty()) {
     if (observer_.on_failure) observer_.on_failure("refused");
     (void)SendReply(fd, 1, refusal);
-    finish(absl::OkStatus());
+    close_connection();
     return;
   }
   if (!SendReply(fd, 0, "ok").ok()) {
-    finish(absl::UnavailableError("the prefill worker left during the handshake"));
+    close_connection();
     return;
+  }
+  // Transfers, one after another, until the sender closes the connection
+  // (or leaves it idle too long) or a transfer fails.
+  while (ServeTransfer(fd)) {
+  }
+  close_connection();
+}
+
+bool KvReceiver::ServeTransfer(int fd) {
+  FrameHeader h;
+  if (!ReadFull(fd, &h, sizeof h, kIdleConnectionMs).ok()) return false;  // Closed or idle.
+  if (h.layer != kStartLayer) {
+    if (observer_.on_failure) observer_.on_failure("bad_frame");
+    return false;
+  }
+  const uint64_t transfer_id = h.begin;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = expected_.find(transfer_id);
+    if (it == expected_.end() || it->second.fd >= 0) {
+      if (observer_.on_failure) observer_.on_failure("refused");
+      // The connection stays usable: the sender sends nothing for this one.
+      return SendReply(fd, 1, "refused: unknown or already served transfer").ok();
+    }
+    it->second.fd = fd;
+  }
+  // Once claimed, the transfer ends exactly once, here.
+  auto fail = [&](const absl::Status& status) {
+    Complete(transfer_id, status);
+    return false;
+  };
+  if (!SendReply(fd, 0, "ok").ok()) {
+    return fail(absl::UnavailableError("the prefill worker left at the start of the transfer"));
   }
   int64_t request_id = 0, tokens = 0;
   bool in_time, gone;
@@ -316,14 +335,10 @@ void KvReceiver::Serve(int fd) {
       tokens = it->second.tokens;
     }
   }
-  if (gone) {
-    finish(absl::CancelledError("the request ended before its KV arrived"));
-    return;
-  }
+  if (gone) return fail(absl::CancelledError("the request ended before its KV arrived"));
   if (!in_time) {
-    finish(absl::ResourceExhaustedError(
+    return fail(absl::ResourceExhaustedError(
         absl::StrCat("no KV blocks were free for the transfer within ", kIdleTimeoutMs, " ms")));
-    return;
   }
   // Frames.
   const auto start = std::chrono::steady_clock::now();
@@ -331,50 +346,44 @@ void KvReceiver::Serve(int fd) {
   std::vector<uint8_t> rows;
   uint64_t bytes = 0;
   while (true) {
-    FrameHeader h;
     if (absl::Status s = ReadFull(fd, &h, sizeof h, kIdleTimeoutMs); !s.ok()) {
-      finish(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
-      return;
+      return fail(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
     }
     if (h.layer == kDoneLayer) {
       std::string closing(std::min<size_t>(h.closing_bytes, KvSender::kMaxClosingBytes), '\0');
       if (h.closing_bytes > KvSender::kMaxClosingBytes ||
           !ReadFull(fd, closing.data(), closing.size(), kIdleTimeoutMs).ok()) {
-        finish(absl::DataLossError("KV transfer: bad closing message"));
-        return;
+        return fail(absl::DataLossError("KV transfer: bad closing message"));
       }
       for (int layer = 0; layer < layout_.layers; ++layer) {
         if (rows_per_layer[layer] != tokens || static_cast<int64_t>(h.end) != tokens) {
-          finish(absl::DataLossError(absl::StrCat("KV transfer incomplete: layer ", layer, " has ",
-                                                  rows_per_layer[layer], " of ", tokens, " rows")));
-          return;
+          return fail(
+              absl::DataLossError(absl::StrCat("KV transfer incomplete: layer ", layer, " has ",
+                                               rows_per_layer[layer], " of ", tokens, " rows")));
         }
       }
       if (observer_.on_success) {
         observer_.on_success(
             bytes, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       }
-      finish(absl::OkStatus(), std::move(closing));
-      return;
+      Complete(transfer_id, absl::OkStatus(), std::move(closing));
+      return true;
     }
     if (h.layer >= static_cast<uint32_t>(layout_.layers) || h.begin >= h.end ||
         static_cast<int64_t>(h.end) > tokens) {
-      finish(absl::DataLossError("KV frame outside the transfer"));
-      return;
+      return fail(absl::DataLossError("KV frame outside the transfer"));
     }
     const size_t count = static_cast<size_t>((h.end - h.begin) * layout_.row_bytes());
     rows.resize(count);
     if (absl::Status s = ReadFull(fd, rows.data(), count, kIdleTimeoutMs); !s.ok()) {
-      finish(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
-      return;
+      return fail(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
     }
     bytes += sizeof h + count;
     if (absl::Status s =
             sink_->ImportKv(request_id, static_cast<int>(h.layer), static_cast<int64_t>(h.begin),
                             static_cast<int64_t>(h.end), rows.data(), rows.size());
         !s.ok()) {
-      finish(s);
-      return;
+      return fail(s);
     }
     rows_per_layer[h.layer] += static_cast<int64_t>(h.end - h.begin);
   }
@@ -382,12 +391,46 @@ void KvReceiver::Serve(int fd) {
 
 // ------------------------------------------------------------------ sender
 
+KvConnectionPool::~KvConnectionPool() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [address, fds] : idle_) {
+    for (int fd : fds) close(fd);
+  }
+}
+
+int KvConnectionPool::Take(const std::string& address) {
+  absl::MutexLock lock(&mu_);
+  std::vector<int>& fds = idle_[address];
+  while (!fds.empty()) {
+    const int fd = fds.back();
+    fds.pop_back();
+    // An idle connection has nothing to read: readable means the peer
+    // closed it (or broke the protocol).
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) == 0) return fd;
+    close(fd);
+  }
+  return -1;
+}
+
+void KvConnectionPool::Put(const std::string& address, int fd) {
+  absl::MutexLock lock(&mu_);
+  std::vector<int>& fds = idle_[address];
+  if (fds.size() >= kMaxIdlePerAddress) {
+    close(fd);
+    return;
+  }
+  fds.push_back(fd);
+}
+
 KvSender::KvSender(std::string address, uint64_t transfer_id, KvLayout layout, std::string secret,
-                   std::function<void(absl::Status)> on_failure)
+                   std::function<void(absl::Status)> on_failure,
+                   std::shared_ptr<KvConnectionPool> pool)
     : address_(std::move(address)),
       transfer_id_(transfer_id),
       layout_(std::move(layout)),
       secret_(std::move(secret)),
+      pool_(std::move(pool)),
       on_failure_(std::move(on_failure)) {
   thread_ = std::thread([this] { Run(); });
 }
@@ -448,18 +491,10 @@ absl::Status KvSender::Connect() {
         absl::StrCat("cannot connect to the data channel ", address_, ": ", std::strerror(errno)));
   }
   TuneSocket(fd);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    fd_ = fd;
-    if (aborted_) return absl::CancelledError("aborted");
-  }
-  nlohmann::json hello = {{"secret", secret_},
-                          {"fingerprint", layout_.fingerprint},
-                          {"layers", layout_.layers},
-                          {"width", layout_.width},
-                          {"block_size", layout_.block_size},
-                          {"dtype", layout_.dtype},
-                          {"transfer_id", transfer_id_}};
+  if (absl::Status s = Adopt(fd); !s.ok()) return s;
+  nlohmann::json hello = {
+      {"secret", secret_},      {"fingerprint", layout_.fingerprint}, {"layers", layout_.layers},
+      {"width", layout_.width}, {"block_size", layout_.block_size},   {"dtype", layout_.dtype}};
   const std::string text = hello.dump();
   const uint32_t len = static_cast<uint32_t>(text.size());
   if (absl::Status s = WriteFull(fd, kMagic, 8); !s.ok()) return s;
@@ -470,6 +505,31 @@ absl::Status KvSender::Connect() {
     return s;
   std::string message(std::min<uint32_t>(head[1], kMaxHelloBytes), '\0');
   if (absl::Status s = ReadFull(fd, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
+      !s.ok()) {
+    return s;
+  }
+  if (head[0] != 0) {
+    return absl::FailedPreconditionError(absl::StrCat("decode worker ", address_, ": ", message));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status KvSender::Adopt(int fd) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fd_ = fd;
+  if (aborted_) return absl::CancelledError("aborted");
+  return absl::OkStatus();
+}
+
+absl::Status KvSender::StartTransfer() {
+  const FrameHeader start{kStartLayer, 0, transfer_id_, 0};
+  if (absl::Status s = WriteFull(fd_, &start, sizeof start); !s.ok()) return s;
+  uint32_t head[2];
+  if (absl::Status s = ReadFull(fd_, head, sizeof head, KvReceiver::kIdleTimeoutMs); !s.ok()) {
+    return s;
+  }
+  std::string message(std::min<uint32_t>(head[1], kMaxHelloBytes), '\0');
+  if (absl::Status s = ReadFull(fd_, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
       !s.ok()) {
     return s;
   }
@@ -490,7 +550,25 @@ std::function<void(absl::Status)> KvSender::TakeNotifier(bool success) {
 
 void KvSender::Run() {
   std::function<void(absl::Status)> notify;
-  absl::Status result = Connect();
+  absl::Status result;
+  const int pooled = pool_ != nullptr ? pool_->Take(address_) : -1;
+  if (pooled >= 0) {
+    result = Adopt(pooled);
+    if (result.ok()) result = StartTransfer();
+  }
+  // A pooled connection the receiver closed a moment ago (its idle timeout)
+  // fails at the start: nothing was sent, so a fresh one takes over.
+  if (pooled < 0 ||
+      (!result.ok() && !absl::IsFailedPrecondition(result) && !absl::IsCancelled(result))) {
+    if (pooled >= 0) {
+      std::lock_guard<std::mutex> lock(mu_);
+      close(fd_);
+      fd_ = -1;
+    }
+    result = Connect();
+    if (result.ok()) result = StartTransfer();
+  }
+  bool delivered = false;
   if (!result.ok()) {
     notify = TakeNotifier(false);
   } else {
@@ -520,6 +598,7 @@ void KvSender::Run() {
       }
       bytes_sent_.fetch_add(sizeof h + frame.rows.size());
       if (static_cast<uint32_t>(frame.layer) == kDoneLayer) {
+        delivered = true;
         notify = TakeNotifier(true);
         break;
       }
@@ -527,7 +606,14 @@ void KvSender::Run() {
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (fd_ >= 0) close(fd_);
+    if (fd_ >= 0) {
+      // Only a connection left between transfers may serve another.
+      if (delivered && !aborted_ && pool_ != nullptr) {
+        pool_->Put(address_, fd_);
+      } else {
+        close(fd_);
+      }
+    }
     fd_ = -1;
   }
   // Last: the callback may destroy this sender.

@@ -3,13 +3,20 @@
 // frames (no per-element protobuf), after a handshake that checks the shared
 // secret, the model identity and the KV layout.
 //
-// Wire format, little-endian:
-//   hello   "BATONKV1", u32 n, n bytes of JSON {secret, fingerprint, layers,
-//           width, block_size, dtype, transfer_id}
+// Wire format, little-endian. Once per connection:
+//   hello   "BATONKV2", u32 n, n bytes of JSON {secret, fingerprint, layers,
+//           width, block_size, dtype}
 //   reply   u32 status (0: accepted), u32 n, n bytes of message
+// then transfers, one at a time, each:
+//   start   a frame header with layer 0xfffffffe and begin = transfer id;
+//           answered with a reply (refused: unknown or already served)
 //   frame   u32 layer, u32 zero, u64 begin, u64 end, (end-begin) rows of
 //           width elements of dtype (f32 or bf16)
-//   done    a frame with layer 0xffffffff and end = tokens sent; no payload
+//   done    a frame with layer 0xffffffff, end = tokens sent and the
+//           closing message's length in place of the zero; the message
+// A prefill worker keeps its connections open between transfers
+// (KvConnectionPool): a request pays no connect, handshake or thread start
+// on the two cores its prefill computes on.
 //
 // This file is the one place that picks the transport; CUDA IPC and NCCL
 // senders/receivers can join behind the same two classes.
@@ -90,6 +97,8 @@ class KvReceiver {
   ~KvReceiver();
 
   int port() const { return port_; }
+  // Connections accepted so far (each costs a handshake and a thread).
+  int64_t connections_accepted() const { return connections_accepted_.load(); }
   // Frames for `transfer_id` go to engine request `request_id`, which awaits
   // `tokens` rows per layer. `on_done` runs once, on a receiver thread: OK
   // once every row of every layer was imported, with the sender's closing
@@ -107,8 +116,10 @@ class KvReceiver {
   // The request ended: drop its transfer (and any connection still sending).
   void Forget(uint64_t transfer_id);
 
-  // A silent sender is cut off after this long.
+  // A silent sender is cut off after this long within a transfer, and an
+  // idle connection after kIdleConnectionMs between transfers.
   static constexpr int kIdleTimeoutMs = 5000;
+  static constexpr int kIdleConnectionMs = 60000;
 
  private:
   struct Expected {
@@ -121,6 +132,9 @@ class KvReceiver {
   KvReceiver() = default;
   void AcceptLoop();
   void Serve(int fd);
+  // Receives one transfer on a connection; false when the connection must
+  // close (the peer left or idled out, or the transfer failed).
+  bool ServeTransfer(int fd);
   // Runs on_done once and forgets the transfer.
   void Complete(uint64_t transfer_id, const absl::Status& status, std::string closing = "");
 
@@ -131,6 +145,7 @@ class KvReceiver {
   int listen_fd_ = -1;
   int port_ = 0;
   std::atomic<bool> stopping_{false};
+  std::atomic<int64_t> connections_accepted_{0};
   std::thread accept_thread_;
   absl::Mutex mu_;
   std::map<uint64_t, Expected> expected_ ABSL_GUARDED_BY(mu_);
@@ -144,15 +159,40 @@ class KvReceiver {
   std::vector<int> open_fds_ ABSL_GUARDED_BY(mu_);
 };
 
+// A prefill worker's idle data-channel connections, by decode address, each
+// through the handshake already. Thread-safe.
+class KvConnectionPool {
+ public:
+  KvConnectionPool() = default;
+  ~KvConnectionPool();
+  KvConnectionPool(const KvConnectionPool&) = delete;
+  KvConnectionPool& operator=(const KvConnectionPool&) = delete;
+
+  // An open connection to `address` for the caller to use, or -1; ones the
+  // peer has closed since (a restart, its idle timeout) are dropped.
+  int Take(const std::string& address);
+  // Keeps `fd`, between transfers, for the next Take (closes it if
+  // kMaxIdlePerAddress are kept already).
+  void Put(const std::string& address, int fd);
+  static constexpr size_t kMaxIdlePerAddress = 16;
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::vector<int>> idle_ ABSL_GUARDED_BY(mu_);
+};
+
 // Prefill side: one transfer. Frames are queued by the engine thread and
 // written by the sender's own thread, so computing never waits for the
 // network. Thread-safety: all methods are thread-safe.
 class KvSender {
  public:
-  // Connects to `address` (host:port) and handshakes on the sender thread;
-  // `on_failure` runs once if the channel fails before Finish completes.
+  // Connects to `address` (host:port) and handshakes on the sender thread,
+  // or takes a connection from `pool` and returns it there after a
+  // successful transfer; `on_failure` runs once if the channel fails before
+  // Finish completes.
   KvSender(std::string address, uint64_t transfer_id, KvLayout layout, std::string secret,
-           std::function<void(absl::Status)> on_failure);
+           std::function<void(absl::Status)> on_failure,
+           std::shared_ptr<KvConnectionPool> pool = nullptr);
   ~KvSender();
 
   // `rows`: (end - begin) rows of KvLayout::row_bytes() bytes.
@@ -175,7 +215,12 @@ class KvSender {
     std::string closing;  // The end marker's message.
   };
   void Run();
+  // A fresh connection through the handshake, or the connection's error.
   absl::Status Connect();
+  // Uses `fd` as the connection; an error if aborted meanwhile.
+  absl::Status Adopt(int fd);
+  // Announces this transfer on the connection and awaits the answer.
+  absl::Status StartTransfer();
   // The callback to run for the transfer's outcome, once; null if already
   // reported or aborted by the owner.
   std::function<void(absl::Status)> TakeNotifier(bool success);
@@ -184,6 +229,7 @@ class KvSender {
   const uint64_t transfer_id_;
   const KvLayout layout_;
   const std::string secret_;
+  const std::shared_ptr<KvConnectionPool> pool_;
   std::function<void(absl::Status)> on_failure_;
   std::function<void(absl::Status)> on_done_;
 

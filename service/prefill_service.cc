@@ -54,11 +54,13 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
     std::shared_ptr<State> state = state_;
     // The sender belongs to the state: its callback must not own the state.
     std::weak_ptr<State> weak = state_;
-    state_->sender = std::make_unique<KvSender>(request->target().data_address(),
-                                                request->target().transfer_id(), service_->layout_,
-                                                service_->auth_->secret(), [weak](absl::Status s) {
-                                                  if (auto alive = weak.lock()) alive->Fail(s);
-                                                });
+    state_->sender = std::make_unique<KvSender>(
+        request->target().data_address(), request->target().transfer_id(), service_->layout_,
+        service_->auth_->secret(),
+        [weak](absl::Status s) {
+          if (auto alive = weak.lock()) alive->Fail(s);
+        },
+        service_->connections_);
     EngineRequest r = std::move(*converted);
     r.sampling.seed = request->seed();
     r.prefill_only = true;

@@ -40,6 +40,9 @@ class PrefillService final : public internal::v1::PrefillWorker::CallbackService
   const PeerAuth* auth_;
   ServiceMetrics* metrics_;
   int layer_delay_ms_;
+  // Data-channel connections kept open between transfers (shared with the
+  // senders, which may outlive a call).
+  std::shared_ptr<KvConnectionPool> connections_ = std::make_shared<KvConnectionPool>();
   std::atomic<bool> draining_{false};
   std::atomic<int> active_{0};
 };

@@ -129,6 +129,58 @@ TEST(KvTransportTest, ForgettingAWaitingTransferClosesItsChannel) {
   EXPECT_FALSE(called);  // A forgotten transfer reports nothing.
 }
 
+// Sends `tokens` rows of both layers as transfer `id`; the sender's outcome.
+absl::Status Transfer(Channel& c, uint64_t id, int64_t tokens,
+                      std::shared_ptr<KvConnectionPool> pool) {
+  std::promise<absl::Status> received, sent;
+  c.receiver->Expect(id, 7, tokens, [&](absl::Status s, std::string) { received.set_value(s); });
+  KvSender sender(
+      c.address(), id, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); },
+      std::move(pool));
+  for (int layer = 0; layer < 2; ++layer) sender.Send(layer, 0, tokens, Rows(layer, 0, tokens));
+  sender.Finish(tokens, "t", [&](absl::Status s) { sent.set_value(s); });
+  const absl::Status s = sent.get_future().get();
+  EXPECT_TRUE(received.get_future().get().ok());
+  return s;
+}
+
+// A prefill worker's transfers share one connection: no connect, handshake
+// or receiver thread per request.
+TEST(KvTransportTest, PooledTransfersReuseOneConnection) {
+  Channel c;
+  auto pool = std::make_shared<KvConnectionPool>();
+  for (uint64_t id = 1; id <= 5; ++id) EXPECT_TRUE(Transfer(c, id, 3 + id, pool).ok());
+  EXPECT_EQ(c.receiver->connections_accepted(), 1);
+  absl::MutexLock lock(&c.sink.mu_);
+  EXPECT_EQ(c.sink.rows_[std::make_pair(1, int64_t{7})], (std::vector<float>{1070, 1071, 1072}));
+}
+
+// A decode worker that restarted (or closed an idle connection) leaves a
+// dead connection in the pool: the next transfer notices and reconnects.
+TEST(KvTransportTest, APooledConnectionThePeerClosedIsReplaced) {
+  auto pool = std::make_shared<KvConnectionPool>();
+  int port;
+  {
+    Channel first;
+    EXPECT_TRUE(Transfer(first, 1, 4, pool).ok());
+    port = first.receiver->port();
+  }
+  PeerAuth auth("s3cret");
+  RecordingSink sink;
+  auto restarted = KvReceiver::Start("127.0.0.1", port, kLayout, &auth, &sink, {});
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  std::promise<absl::Status> received, sent;
+  (*restarted)->Expect(2, 7, 4, [&](absl::Status s, std::string) { received.set_value(s); });
+  KvSender sender(
+      "127.0.0.1:" + std::to_string(port), 2, kLayout, "s3cret",
+      [&](absl::Status s) { sent.set_value(s); }, pool);
+  for (int layer = 0; layer < 2; ++layer) sender.Send(layer, 0, 4, Rows(layer, 0, 4));
+  sender.Finish(4, "t", [&](absl::Status s) { sent.set_value(s); });
+  EXPECT_TRUE(sent.get_future().get().ok());
+  EXPECT_TRUE(received.get_future().get().ok());
+  EXPECT_EQ((*restarted)->connections_accepted(), 1);
+}
+
 TEST(KvTransportTest, WrongSecretAndMismatchedLayoutAreRefused) {
   Channel c;
   c.receiver->Expect(1, 7, 4, [](absl::Status, std::string) {});
