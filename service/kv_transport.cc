@@ -25,6 +25,10 @@ constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'K', 'V', '2'};
 constexpr uint32_t kDoneLayer = 0xffffffffu;
 constexpr uint32_t kStartLayer = 0xfffffffeu;
 constexpr uint32_t kMaxHelloBytes = 64 << 10;
+// Frames up to this size may be written by the thread that hands them over
+// (KvSender::Enqueue); larger ones always go through the sender thread, so
+// that computing never waits on a long copy.
+constexpr size_t kInlineFrameBytes = 256 << 10;
 
 struct FrameHeader {
   uint32_t layer;
@@ -446,20 +450,59 @@ KvSender::~KvSender() {
 }
 
 void KvSender::Send(int layer, int64_t begin, int64_t end, std::vector<uint8_t> rows) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (aborted_ || failed_) return;
-  queue_.push_back({layer, begin, end, std::move(rows), {}});
-  cv_.notify_one();
+  Enqueue({layer, begin, end, std::move(rows), {}});
 }
 
 void KvSender::Finish(int64_t tokens, std::string closing,
                       std::function<void(absl::Status)> on_done) {
-  std::lock_guard<std::mutex> lock(mu_);
-  on_done_ = std::move(on_done);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_done_ = std::move(on_done);
+    finishing_ = true;
+  }
   closing.resize(std::min(closing.size(), kMaxClosingBytes));
-  queue_.push_back({static_cast<int>(kDoneLayer), 0, tokens, {}, std::move(closing)});
-  finishing_ = true;
+  Enqueue({static_cast<int>(kDoneLayer), 0, tokens, {}, std::move(closing)});
+}
+
+void KvSender::Enqueue(Frame frame) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (aborted_ || failed_) return;
+  // A small frame with nothing ahead of it leaves from this thread: waking
+  // the sender thread first costs more than the copy on a busy small
+  // machine, and the end marker is on the first token's path.
+  if (started_ && !writing_ && queue_.empty() && frame.rows.size() <= kInlineFrameBytes) {
+    writing_ = true;
+    lock.unlock();
+    const absl::Status s = WriteFrame(frame);
+    lock.lock();
+    writing_ = false;
+    if (!s.ok()) {
+      inline_error_ = s;
+    } else if (static_cast<uint32_t>(frame.layer) == kDoneLayer) {
+      delivered_inline_ = true;
+    }
+    cv_.notify_one();
+    return;
+  }
+  queue_.push_back(std::move(frame));
   cv_.notify_one();
+}
+
+absl::Status KvSender::WriteFrame(const Frame& frame) {
+  const FrameHeader h{static_cast<uint32_t>(frame.layer),
+                      static_cast<uint32_t>(frame.closing.size()),
+                      static_cast<uint64_t>(frame.begin), static_cast<uint64_t>(frame.end)};
+  absl::Status s = WriteFull(fd_, &h, sizeof h);
+  if (s.ok() && !frame.rows.empty()) s = WriteFull(fd_, frame.rows.data(), frame.rows.size());
+  if (s.ok() && !frame.closing.empty()) {
+    s = WriteFull(fd_, frame.closing.data(), frame.closing.size());
+  }
+  if (!s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("decode worker ", address_, " closed the data channel"));
+  }
+  bytes_sent_.fetch_add(sizeof h + frame.rows.size());
+  return absl::OkStatus();
 }
 
 void KvSender::Abort() {
@@ -572,31 +615,39 @@ void KvSender::Run() {
   if (!result.ok()) {
     notify = TakeNotifier(false);
   } else {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      started_ = true;
+    }
     while (true) {
       Frame frame;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [&] { return aborted_ || !queue_.empty(); });
+        cv_.wait(lock, [&] {
+          return aborted_ || !inline_error_.ok() || delivered_inline_ ||
+                 (!writing_ && !queue_.empty());
+        });
         if (aborted_) break;
+        if (!inline_error_.ok() || delivered_inline_) {
+          result = inline_error_;
+          delivered = delivered_inline_;
+          lock.unlock();
+          notify = TakeNotifier(delivered);
+          break;
+        }
         frame = std::move(queue_.front());
         queue_.pop_front();
+        writing_ = true;
       }
-      FrameHeader h{static_cast<uint32_t>(frame.layer), static_cast<uint32_t>(frame.closing.size()),
-                    static_cast<uint64_t>(frame.begin), static_cast<uint64_t>(frame.end)};
-      absl::Status s = WriteFull(fd_, &h, sizeof h);
-      if (s.ok() && !frame.rows.empty()) {
-        s = WriteFull(fd_, frame.rows.data(), frame.rows.size());
+      result = WriteFrame(frame);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        writing_ = false;
       }
-      if (s.ok() && !frame.closing.empty()) {
-        s = WriteFull(fd_, frame.closing.data(), frame.closing.size());
-      }
-      if (!s.ok()) {
-        result = absl::UnavailableError(
-            absl::StrCat("decode worker ", address_, " closed the data channel"));
+      if (!result.ok()) {
         notify = TakeNotifier(false);
         break;
       }
-      bytes_sent_.fetch_add(sizeof h + frame.rows.size());
       if (static_cast<uint32_t>(frame.layer) == kDoneLayer) {
         delivered = true;
         notify = TakeNotifier(true);
@@ -605,7 +656,10 @@ void KvSender::Run() {
     }
   }
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    // An inline write still under way must end before the descriptor closes
+    // (its number could be reused at once).
+    cv_.wait(lock, [&] { return !writing_; });
     if (fd_ >= 0) {
       // Only a connection left between transfers may serve another.
       if (delivered && !aborted_ && pool_ != nullptr) {

@@ -181,9 +181,10 @@ class KvConnectionPool {
   std::map<std::string, std::vector<int>> idle_ ABSL_GUARDED_BY(mu_);
 };
 
-// Prefill side: one transfer. Frames are queued by the engine thread and
-// written by the sender's own thread, so computing never waits for the
-// network. Thread-safety: all methods are thread-safe.
+// Prefill side: one transfer. Large frames are queued by the engine thread
+// and written by the sender's own thread, so computing never waits for the
+// network; small ones with nothing ahead of them are written at once by the
+// thread that hands them over. Thread-safety: all methods are thread-safe.
 class KvSender {
  public:
   // Connects to `address` (host:port) and handshakes on the sender thread,
@@ -215,6 +216,10 @@ class KvSender {
     std::string closing;  // The end marker's message.
   };
   void Run();
+  // Writes `frame` on this thread when nothing is queued or being written
+  // and it is small, else queues it for the sender thread.
+  void Enqueue(Frame frame);
+  absl::Status WriteFrame(const Frame& frame);
   // A fresh connection through the handshake, or the connection's error.
   absl::Status Connect();
   // Uses `fd` as the connection; an error if aborted meanwhile.
@@ -237,6 +242,10 @@ class KvSender {
   std::condition_variable cv_;
   std::deque<Frame> queue_;
   bool finishing_ = false;
+  bool started_ = false;           // The transfer is accepted: frames may be written.
+  bool writing_ = false;           // A thread is writing a frame.
+  bool delivered_inline_ = false;  // The end marker left from Enqueue().
+  absl::Status inline_error_;      // A write from Enqueue() failed.
   bool aborted_ = false;
   bool failed_ = false;
   int fd_ = -1;

@@ -130,13 +130,16 @@ TEST(KvTransportTest, ForgettingAWaitingTransferClosesItsChannel) {
 }
 
 // Sends `tokens` rows of both layers as transfer `id`; the sender's outcome.
+// With `settle`, the frames come once the transfer has started, so that the
+// caller's thread writes them itself (KvSender's inline path).
 absl::Status Transfer(Channel& c, uint64_t id, int64_t tokens,
-                      std::shared_ptr<KvConnectionPool> pool) {
+                      std::shared_ptr<KvConnectionPool> pool, bool settle = false) {
   std::promise<absl::Status> received, sent;
   c.receiver->Expect(id, 7, tokens, [&](absl::Status s, std::string) { received.set_value(s); });
   KvSender sender(
       c.address(), id, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); },
       std::move(pool));
+  if (settle) std::this_thread::sleep_for(std::chrono::milliseconds(50));
   for (int layer = 0; layer < 2; ++layer) sender.Send(layer, 0, tokens, Rows(layer, 0, tokens));
   sender.Finish(tokens, "t", [&](absl::Status s) { sent.set_value(s); });
   const absl::Status s = sent.get_future().get();
@@ -149,10 +152,12 @@ absl::Status Transfer(Channel& c, uint64_t id, int64_t tokens,
 TEST(KvTransportTest, PooledTransfersReuseOneConnection) {
   Channel c;
   auto pool = std::make_shared<KvConnectionPool>();
-  for (uint64_t id = 1; id <= 5; ++id) EXPECT_TRUE(Transfer(c, id, 3 + id, pool).ok());
+  for (uint64_t id = 1; id <= 6; ++id) EXPECT_TRUE(Transfer(c, id, 3 + id, pool, id % 2).ok());
   EXPECT_EQ(c.receiver->connections_accepted(), 1);
   absl::MutexLock lock(&c.sink.mu_);
-  EXPECT_EQ(c.sink.rows_[std::make_pair(1, int64_t{7})], (std::vector<float>{1070, 1071, 1072}));
+  EXPECT_EQ(c.sink.rows_.size(), 18u);  // 2 layers x the longest transfer's 9 rows.
+  // Only the last transfer reached row 8.
+  EXPECT_EQ(c.sink.rows_[std::make_pair(1, int64_t{8})], (std::vector<float>{1080, 1081, 1082}));
 }
 
 // A decode worker that restarted (or closed an idle connection) leaves a
