@@ -85,8 +85,8 @@ void BM_AttentionScores(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kWidth,
                          benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_AttentionScores<float>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
-BENCHMARK(BM_AttentionScores<uint16_t>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
+BENCHMARK(BM_AttentionScores<float>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
+BENCHMARK(BM_AttentionScores<uint16_t>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
 
 template <typename E>
 void BM_AttentionSums(benchmark::State& state) {
@@ -105,8 +105,8 @@ void BM_AttentionSums(benchmark::State& state) {
       benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kLora,
                          benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_AttentionSums<float>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
-BENCHMARK(BM_AttentionSums<uint16_t>)->ArgsProduct({{16, 128}, {2048}})->UseRealTime();
+BENCHMARK(BM_AttentionSums<float>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
+BENCHMARK(BM_AttentionSums<uint16_t>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
 
 }  // namespace
 }  // namespace baton

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -362,24 +363,47 @@ BATON_AVX512 inline __m512 SumEachOfSixteen(const __m512 (&v)[16]) {
 // Scores of R consecutive rows (R = 1 or 2) against HB <= 8 heads: each row
 // vector loaded (and widened from BF16) feeds HB FMAs, each query vector R;
 // accumulator r * 8 + h, all reduced together.
+// Widens one BF16 (or passes one f32) element.
+inline float ToFloat(float v) { return v; }
+inline float ToFloat(uint16_t v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 template <int R, int HB, typename E>
 BATON_AVX512 void ScoreTile(const float* q, int64_t ldq, const E* rows, int64_t k, float* y,
                             int64_t ldy) {
   __m512 acc[16];
   for (__m512& a : acc) a = _mm512_setzero_ps();
-  for (int64_t c = 0; c < k; c += 16) {
-    const __mmask16 mask = ColumnMask(k - c);
+  // Whole vectors only, unmasked: a mask computed in every step cost a
+  // third of the loop's instructions, and a second (masked) loop over the
+  // same accumulators made GCC keep them in memory.
+  const int64_t whole = k / 16 * 16;
+  for (int64_t c = 0; c < whole; c += 16) {
     __m512 kv[R];
-    for (int r = 0; r < R; ++r) kv[r] = LoadWeights(rows + r * k + c, mask);
+    for (int r = 0; r < R; ++r) kv[r] = LoadWeights(rows + r * k + c, 0xffff);
     for (int h = 0; h < HB; ++h) {
-      const __m512 qv = _mm512_maskz_loadu_ps(mask, q + h * ldq + c);
+      __m512 qv = _mm512_loadu_ps(q + h * ldq + c);
+      // One load for both rows: GCC would fold it into each FMA, loading
+      // it R times, and the loads, not the FMAs, would set the pace.
+      if constexpr (R > 1) asm("" : "+v"(qv));
       for (int r = 0; r < R; ++r) acc[r * 8 + h] = _mm512_fmadd_ps(kv[r], qv, acc[r * 8 + h]);
     }
   }
   alignas(64) float sums[16];
   _mm512_store_ps(sums, SumEachOfSixteen(acc));
-  for (int r = 0; r < R; ++r)
-    for (int h = 0; h < HB; ++h) y[h * ldy + r] = sums[r * 8 + h];
+  for (int r = 0; r < R; ++r) {
+    for (int h = 0; h < HB; ++h) {
+      float sum = sums[r * 8 + h];
+      // The last k % 16 columns (none for DeepSeek's 576-wide rows).
+      for (int64_t c = whole; c < k; ++c) {
+        sum = std::fma(ToFloat(rows[r * k + c]), q[h * ldq + c], sum);
+      }
+      y[h * ldy + r] = sum;
+    }
+  }
 }
 
 template <typename E>
@@ -398,12 +422,13 @@ BATON_AVX512 void AttentionScoresTyped(const float* q, int64_t ldq, int64_t m, c
 // out[h][c, c + 32) for HB <= 8 heads over all n rows, in row order: each
 // row's two vectors feed 2 * HB FMAs against broadcast probabilities, read
 // from pt[j][h] (the tile's probabilities transposed, so that one pointer
-// reaches them all).
+// reaches them all). The accumulators go through `out` between blocks: kept
+// across the block loop, GCC stored all 16 of them to the stack after every
+// row (a third of the speed); per block they stay in registers, and the sums
+// are the same FMAs in the same order.
 template <int HB, typename E>
 BATON_AVX512 void SumTile(const float* pt, const E* const* blocks, int64_t block_rows, int64_t ldr,
                           int64_t n, int64_t c, int64_t k, float* out, int64_t ldo) {
-  __m512 lo[HB], hi[HB];
-  for (int h = 0; h < HB; ++h) lo[h] = hi[h] = _mm512_setzero_ps();
   const __mmask16 m0 = ColumnMask(k - c), m1 = ColumnMask(k - c - 16);
   for (int64_t j0 = 0, b = 0; j0 < n; j0 += block_rows, ++b) {
     const E* row = blocks[b] + c;
@@ -417,6 +442,11 @@ BATON_AVX512 void SumTile(const float* pt, const E* const* blocks, int64_t block
         if constexpr (sizeof(E) == 4) _mm_prefetch(next + 64, _MM_HINT_T0);
       }
     }
+    __m512 lo[HB], hi[HB];
+    for (int h = 0; h < HB; ++h) {
+      lo[h] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m0, out + h * ldo + c);
+      hi[h] = j0 == 0 ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m1, out + h * ldo + c + 16);
+    }
     for (int64_t j = j0; j < j0 + rows; ++j, row += ldr) {
       const __m512 v0 = LoadWeights(row, m0), v1 = LoadWeights(row + 16, m1);
       for (int h = 0; h < HB; ++h) {
@@ -425,10 +455,10 @@ BATON_AVX512 void SumTile(const float* pt, const E* const* blocks, int64_t block
         hi[h] = _mm512_fmadd_ps(v1, pv, hi[h]);
       }
     }
-  }
-  for (int h = 0; h < HB; ++h) {
-    _mm512_mask_storeu_ps(out + h * ldo + c, m0, lo[h]);
-    _mm512_mask_storeu_ps(out + h * ldo + c + 16, m1, hi[h]);
+    for (int h = 0; h < HB; ++h) {
+      _mm512_mask_storeu_ps(out + h * ldo + c, m0, lo[h]);
+      _mm512_mask_storeu_ps(out + h * ldo + c + 16, m1, hi[h]);
+    }
   }
 }
 
