@@ -309,6 +309,8 @@ BATON_AVX512_BF16 void MatMulRowsBf16(const uint16_t* xb, int64_t ldxb, int64_t 
 namespace {
 
 constexpr int kHeadGroup = 8;  // Heads per register tile of the attention kernels.
+// A cached MLA row of DeepSeek-V2 and V3: 512 latent + 64 RoPE elements.
+constexpr int kMlaWidth = 576;
 
 // Calls fn(h0, heads) for each group of up to kHeadGroup heads of [0, m):
 // the group's first head and its size as an integral_constant, so that the
@@ -372,9 +374,11 @@ inline float ToFloat(uint16_t v) {
   return f;
 }
 
-template <int R, int HB, typename E>
+// kWidth: the row width (and q's stride) when known at compile time, else 0.
+template <int R, int HB, typename E, int kWidth = 0>
 BATON_AVX512 void ScoreTile(const float* q, int64_t ldq, const E* rows, int64_t k, float* y,
                             int64_t ldy) {
+  if constexpr (kWidth > 0) k = ldq = kWidth;
   __m512 acc[16];
   for (__m512& a : acc) a = _mm512_setzero_ps();
   // Whole vectors only, unmasked: a mask computed in every step cost a
@@ -412,6 +416,14 @@ BATON_AVX512 void AttentionScoresTyped(const float* q, int64_t ldq, int64_t m, c
   ForEachHeadGroup(m, [&](int64_t h0, auto heads) BATON_AVX512 {
     constexpr int HB = decltype(heads)::value;
     int64_t j = 0;
+    if (k == kMlaWidth && ldq == kMlaWidth) {
+      // DeepSeek-V2/V3 rows: with the stride a constant, the eight query
+      // rows are one pointer plus displacements, and the loop's addresses
+      // no longer outnumber the registers (they were reloaded every step).
+      for (; j + 2 <= n; j += 2) {
+        ScoreTile<2, HB, E, kMlaWidth>(q + h0 * ldq, ldq, rows + j * k, k, y + h0 * ldy + j, ldy);
+      }
+    }
     for (; j + 2 <= n; j += 2) {
       ScoreTile<2, HB>(q + h0 * ldq, ldq, rows + j * k, k, y + h0 * ldy + j, ldy);
     }
