@@ -88,6 +88,41 @@ void BM_AttentionScores(benchmark::State& state) {
 BENCHMARK(BM_AttentionScores<float>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
 BENCHMARK(BM_AttentionScores<uint16_t>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
 
+// The same over rows that come from memory, as a decode step's do (the
+// weights stream through the caches between a layer's attentions): each
+// iteration reads the next of 512 MB worth of pieces of `context` rows,
+// prefetching each block range(2) blocks ahead (0: none), as the engine does.
+template <typename E>
+void BM_AttentionScoresCold(benchmark::State& state) {
+  const int64_t heads = state.range(0), context = state.range(1);
+  const int64_t pieces = (int64_t{512} << 20) / (context * kWidth * int64_t{sizeof(E)});
+  const std::vector<float> q(heads * kWidth, 0.1f);
+  const std::vector<E> rows = CacheRows<E>(context * pieces);
+  std::vector<float> y(heads * context);
+  int64_t piece = 0;
+  for (auto _ : state) {
+    const E* base = &rows[piece * context * kWidth];
+    piece = (piece + 1) % pieces;
+    for (int64_t j = 0; j < context; j += kBlock) {
+      if (state.range(2) > 0) {
+        const char* next =
+            reinterpret_cast<const char*>(&base[(j + state.range(2) * kBlock) * kWidth]);
+        for (int64_t b = 0; b < kBlock * kWidth * int64_t{sizeof(E)}; b += 64)
+          __builtin_prefetch(next + b);
+      }
+      kernels::AttentionScores(q.data(), kWidth, heads, &base[j * kWidth], kBlock, kWidth, &y[j],
+                               context);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kWidth,
+                         benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_AttentionScoresCold<uint16_t>)
+    ->ArgsProduct({{16}, {256}, {0, 1, 2, 4}})
+    ->UseRealTime();
+
 template <typename E>
 void BM_AttentionSums(benchmark::State& state) {
   const int64_t heads = state.range(0), context = state.range(1);

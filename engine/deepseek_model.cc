@@ -335,14 +335,20 @@ void DeepseekModel::AttentionCoreTyped(int layer, const std::vector<ForwardChunk
     const int64_t n = j1 - j0;
     EnsureSize(scores, hb * n);
     blocks.clear();
+    // The rows come from memory (a step streams the weights between one
+    // layer's attention and the next), and blocks need not be adjacent, so
+    // the hardware prefetcher cannot follow from one to the next: the first
+    // two blocks are requested at once, then each block two ahead.
+    auto prefetch_block = [&](int64_t j) {
+      if (j >= j1) return;
+      const uint8_t* rows = cache.Row<uint8_t>(layer, table, j);
+      const int64_t bytes = std::min(block_size, j1 - j) * cache.row_bytes();
+      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(rows + b);
+    };
+    prefetch_block(j0);
+    prefetch_block(j0 + block_size);
     for (int64_t j = j0; j < j1; j += block_size) {
-      // Two blocks ahead: blocks need not be adjacent in memory, so the
-      // hardware prefetcher cannot follow a sequence from one to the next.
-      if (j + 2 * block_size < j1) {
-        const uint8_t* next = cache.Row<uint8_t>(layer, table, j + 2 * block_size);
-        const int64_t bytes = std::min(block_size, j1 - j - 2 * block_size) * cache.row_bytes();
-        for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(next + b);
-      }
+      prefetch_block(j + 2 * block_size);
       blocks.push_back(cache.Row<E>(layer, table, j));
       kernels::AttentionScores(&ws.q_full[(i * heads + h0) * width], width, hb, blocks.back(),
                                std::min(block_size, j1 - j), width, &scores[j - j0], n);
