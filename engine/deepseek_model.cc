@@ -212,23 +212,25 @@ void DeepseekModel::Attention(int layer, const std::vector<ForwardChunk>& batch,
   const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, lora = c.kv_lora_rank;
   const int64_t qk = nope + rope, width = lora + rope, vdim = c.v_head_dim;
 
-  // Queries.
+  // The two products of the normed input, queries' (compressed, or whole
+  // without q_lora_rank) and the compressed KV, in one fork-join.
   EnsureSize(ws.q, T * heads * qk);
-  if (c.q_lora_rank > 0) {
-    const int64_t qr = c.q_lora_rank;
-    EnsureSize(ws.q_a, T * qr);
-    kernels::MatMul(ws.xn.data(), hidden, T, a.q_a, ws.q_a.data(), qr, pool, precision_);
+  EnsureSize(ws.kv, T * width);
+  const int64_t qr = c.q_lora_rank;
+  if (qr > 0) EnsureSize(ws.q_a, T * qr);
+  const kernels::Product query_in =
+      qr > 0 ? kernels::Product{ws.xn.data(), hidden, T, &a.q_a, ws.q_a.data(), qr}
+             : kernels::Product{ws.xn.data(), hidden, T, &a.q_b, ws.q.data(), heads * qk};
+  kernels::MatMulMany({query_in, {ws.xn.data(), hidden, T, &a.kv_a, ws.kv.data(), width}}, pool,
+                      precision_);
+  if (qr > 0) {
     for (int64_t i = 0; i < T; ++i) {
       kernels::RmsNorm(&ws.q_a[i * qr], a.q_a_norm.data(), qr, c.rms_norm_eps, &ws.q_a[i * qr]);
     }
     kernels::MatMul(ws.q_a.data(), qr, T, a.q_b, ws.q.data(), heads * qk, pool, precision_);
-  } else {
-    kernels::MatMul(ws.xn.data(), hidden, T, a.q_b, ws.q.data(), heads * qk, pool, precision_);
   }
 
   // The compressed KV: normalized latent and roped key, straight into the cache.
-  EnsureSize(ws.kv, T * width);
-  kernels::MatMul(ws.xn.data(), hidden, T, a.kv_a, ws.kv.data(), width, pool, precision_);
   std::vector<float> cos(rope / 2), sin(rope / 2);
   EnsureSize(ws.q_full, T * heads * width);
   for (int64_t i = 0; i < T; ++i) {
