@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -470,14 +471,18 @@ void KvSender::Enqueue(Frame frame) {
   // A small frame with nothing ahead of it leaves from this thread: waking
   // the sender thread first costs more than the copy on a busy small
   // machine, and the end marker is on the first token's path.
+  // Never blocking: a decode worker that is not reading (its blocks not
+  // reserved yet, or hung) must not stall this worker's engine.
   if (started_ && !writing_ && queue_.empty() && frame.rows.size() <= kInlineFrameBytes) {
     writing_ = true;
     lock.unlock();
-    const absl::Status s = WriteFrame(frame);
+    const absl::Status s = WriteFrame(frame, /*nonblocking=*/true);
     lock.lock();
     writing_ = false;
     if (!s.ok()) {
       inline_error_ = s;
+    } else if (frame.sent < FrameBytes(frame)) {
+      queue_.push_front(std::move(frame));  // The sender thread writes the rest.
     } else if (static_cast<uint32_t>(frame.layer) == kDoneLayer) {
       delivered_inline_ = true;
     }
@@ -488,18 +493,41 @@ void KvSender::Enqueue(Frame frame) {
   cv_.notify_one();
 }
 
-absl::Status KvSender::WriteFrame(const Frame& frame) {
-  const FrameHeader h{static_cast<uint32_t>(frame.layer),
-                      static_cast<uint32_t>(frame.closing.size()),
-                      static_cast<uint64_t>(frame.begin), static_cast<uint64_t>(frame.end)};
-  absl::Status s = WriteFull(fd_, &h, sizeof h);
-  if (s.ok() && !frame.rows.empty()) s = WriteFull(fd_, frame.rows.data(), frame.rows.size());
-  if (s.ok() && !frame.closing.empty()) {
-    s = WriteFull(fd_, frame.closing.data(), frame.closing.size());
-  }
-  if (!s.ok()) {
-    return absl::UnavailableError(
-        absl::StrCat("decode worker ", address_, " closed the data channel"));
+size_t KvSender::FrameBytes(const Frame& frame) {
+  return sizeof(FrameHeader) + frame.rows.size() + frame.closing.size();
+}
+
+absl::Status KvSender::WriteFrame(Frame& frame, bool nonblocking) {
+  FrameHeader h{static_cast<uint32_t>(frame.layer), static_cast<uint32_t>(frame.closing.size()),
+                static_cast<uint64_t>(frame.begin), static_cast<uint64_t>(frame.end)};
+  const iovec whole[3] = {{&h, sizeof h},
+                          {frame.rows.data(), frame.rows.size()},
+                          {frame.closing.data(), frame.closing.size()}};
+  const size_t total = FrameBytes(frame);
+  while (frame.sent < total) {
+    // The parts not yet written, the first one from where it stopped.
+    iovec left[3];
+    int count = 0;
+    size_t skip = frame.sent;
+    for (const iovec& part : whole) {
+      if (skip >= part.iov_len) {
+        skip -= part.iov_len;
+        continue;
+      }
+      left[count++] = {static_cast<uint8_t*>(part.iov_base) + skip, part.iov_len - skip};
+      skip = 0;
+    }
+    msghdr message{};
+    message.msg_iov = left;
+    message.msg_iovlen = count;
+    const ssize_t put = sendmsg(fd_, &message, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
+    if (put < 0) {
+      if (errno == EINTR) continue;
+      if (nonblocking && (errno == EAGAIN || errno == EWOULDBLOCK)) return absl::OkStatus();
+      return absl::UnavailableError(
+          absl::StrCat("decode worker ", address_, " closed the data channel"));
+    }
+    frame.sent += static_cast<size_t>(put);
   }
   bytes_sent_.fetch_add(sizeof h + frame.rows.size());
   return absl::OkStatus();
@@ -639,7 +667,7 @@ void KvSender::Run() {
         queue_.pop_front();
         writing_ = true;
       }
-      result = WriteFrame(frame);
+      result = WriteFrame(frame, /*nonblocking=*/false);
       {
         std::lock_guard<std::mutex> lock(mu_);
         writing_ = false;

@@ -214,12 +214,17 @@ class KvSender {
     int64_t begin, end;
     std::vector<uint8_t> rows;
     std::string closing;  // The end marker's message.
+    size_t sent = 0;      // Bytes of the frame (header included) written so far.
   };
   void Run();
-  // Writes `frame` on this thread when nothing is queued or being written
-  // and it is small, else queues it for the sender thread.
+  // Writes `frame` on this thread when nothing is queued or being written,
+  // it is small and the socket takes it without waiting; what the socket
+  // does not take at once (and any other frame) goes to the sender thread.
   void Enqueue(Frame frame);
-  absl::Status WriteFrame(const Frame& frame);
+  // Writes what is left of `frame`; with `nonblocking`, only what the socket
+  // takes now. Done when frame.sent == FrameBytes(frame).
+  absl::Status WriteFrame(Frame& frame, bool nonblocking);
+  static size_t FrameBytes(const Frame& frame);
   // A fresh connection through the handshake, or the connection's error.
   absl::Status Connect();
   // Uses `fd` as the connection; an error if aborted meanwhile.

@@ -186,6 +186,47 @@ TEST(KvTransportTest, APooledConnectionThePeerClosedIsReplaced) {
   EXPECT_EQ((*restarted)->connections_accepted(), 1);
 }
 
+// Counts what arrives, for transfers too large to record row by row.
+class CountingSink : public KvImportSink {
+ public:
+  absl::Status ImportKv(int64_t, int, int64_t, int64_t, const void*, size_t size) override {
+    bytes_.fetch_add(size);
+    return absl::OkStatus();
+  }
+  std::atomic<uint64_t> bytes_{0};
+};
+
+// A decode worker that does not read yet (its blocks not reserved) fills
+// the socket: frames the engine thread hands over must then queue, never
+// block it, and all arrive once the receiver reads.
+TEST(KvTransportTest, HandingOverFramesNeverBlocksOnAFullSocket) {
+  PeerAuth auth("s3cret");
+  CountingSink sink;
+  auto receiver = KvReceiver::Start("127.0.0.1", 0, kLayout, &auth, &sink, {});
+  ASSERT_TRUE(receiver.ok()) << receiver.status();
+  const int64_t tokens = 1 << 21, chunk = 16384;  // 24 MB per layer, 192 KiB frames.
+  std::promise<absl::Status> received, sent;
+  (*receiver)->Expect(
+      9, 0, tokens, [&](absl::Status s, std::string) { received.set_value(s); }, false);
+  KvSender sender("127.0.0.1:" + std::to_string((*receiver)->port()), 9, kLayout, "s3cret",
+                  [&](absl::Status s) { sent.set_value(s); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // Started: inline writes allowed.
+  const std::vector<uint8_t> rows(chunk * kLayout.row_bytes(), 1);
+  const auto start = std::chrono::steady_clock::now();
+  for (int layer = 0; layer < 2; ++layer) {
+    for (int64_t begin = 0; begin < tokens; begin += chunk) {
+      sender.Send(layer, begin, begin + chunk, rows);
+    }
+  }
+  sender.Finish(tokens, "t", [&](absl::Status s) { sent.set_value(s); });
+  // 48 MB handed over while nobody reads: far more than the socket holds.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  (*receiver)->Ready(9, 7);
+  EXPECT_TRUE(received.get_future().get().ok());
+  EXPECT_TRUE(sent.get_future().get().ok());
+  EXPECT_EQ(sink.bytes_.load(), uint64_t{2} * tokens * kLayout.row_bytes());
+}
+
 TEST(KvTransportTest, WrongSecretAndMismatchedLayoutAreRefused) {
   Channel c;
   c.receiver->Expect(1, 7, 4, [](absl::Status, std::string) {});
