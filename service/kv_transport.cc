@@ -571,11 +571,16 @@ absl::Status KvSender::Connect() {
   if (absl::Status s = WriteFull(fd, kMagic, 8); !s.ok()) return s;
   if (absl::Status s = WriteFull(fd, &len, 4); !s.ok()) return s;
   if (absl::Status s = WriteFull(fd, text.data(), text.size()); !s.ok()) return s;
+  return AwaitReply();
+}
+
+absl::Status KvSender::AwaitReply() {
   uint32_t head[2];
-  if (absl::Status s = ReadFull(fd, head, sizeof head, KvReceiver::kIdleTimeoutMs); !s.ok())
+  if (absl::Status s = ReadFull(fd_, head, sizeof head, KvReceiver::kIdleTimeoutMs); !s.ok()) {
     return s;
+  }
   std::string message(std::min<uint32_t>(head[1], kMaxHelloBytes), '\0');
-  if (absl::Status s = ReadFull(fd, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
+  if (absl::Status s = ReadFull(fd_, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
       !s.ok()) {
     return s;
   }
@@ -595,19 +600,7 @@ absl::Status KvSender::Adopt(int fd) {
 absl::Status KvSender::StartTransfer() {
   const FrameHeader start{kStartLayer, 0, transfer_id_, 0};
   if (absl::Status s = WriteFull(fd_, &start, sizeof start); !s.ok()) return s;
-  uint32_t head[2];
-  if (absl::Status s = ReadFull(fd_, head, sizeof head, KvReceiver::kIdleTimeoutMs); !s.ok()) {
-    return s;
-  }
-  std::string message(std::min<uint32_t>(head[1], kMaxHelloBytes), '\0');
-  if (absl::Status s = ReadFull(fd_, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
-      !s.ok()) {
-    return s;
-  }
-  if (head[0] != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("decode worker ", address_, ": ", message));
-  }
-  return absl::OkStatus();
+  return AwaitReply();
 }
 
 std::function<void(absl::Status)> KvSender::TakeNotifier(bool success) {

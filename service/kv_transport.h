@@ -231,6 +231,8 @@ class KvSender {
   absl::Status Adopt(int fd);
   // Announces this transfer on the connection and awaits the answer.
   absl::Status StartTransfer();
+  // The receiver's answer to a hello or a start: OK, or why it refused.
+  absl::Status AwaitReply();
   // The callback to run for the transfer's outcome, once; null if already
   // reported or aborted by the owner.
   std::function<void(absl::Status)> TakeNotifier(bool success);
