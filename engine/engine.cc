@@ -341,6 +341,7 @@ std::vector<TokenEvent> Engine::Step() {
 EngineStats Engine::stats() const {
   EngineStats s;
   s.running = static_cast<int64_t>(running_.size());
+  s.max_running = options_.max_running;
   s.waiting = static_cast<int64_t>(waiting_.size());
   s.kv_blocks_used = cache_->used_blocks();
   s.kv_blocks_total = cache_->num_blocks();

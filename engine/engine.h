@@ -83,6 +83,7 @@ struct TokenEvent {
 
 struct EngineStats {
   int64_t running = 0;
+  int64_t max_running = 0;  // The running batch's limit (EngineOptions).
   int64_t waiting = 0;
   int64_t kv_blocks_used = 0;
   int64_t kv_blocks_total = 0;

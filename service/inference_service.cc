@@ -395,13 +395,15 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
   }
 
   // Whether the engine will reserve this prompt's blocks at its next look:
-  // nothing queued ahead of it, and room for the prompt plus a block for
-  // each running sequence that may grow meanwhile.
+  // nothing queued ahead of it, a free place in the running batch, and room
+  // for the prompt plus a block for each running sequence that may grow
+  // meanwhile. (Wrong guesses cost a wait, at most the receiver's timeout.)
   bool RoomForPrompt() const {
     const EngineStats s = service_->loop_->stats();
     const int64_t block = service_->disaggregation_->layout.block_size;
     const int64_t needed = (prompt_tokens_ + block - 1) / block + s.running;
-    return s.waiting == 0 && s.kv_blocks_total - s.kv_blocks_used >= needed;
+    return s.waiting == 0 && s.running < s.max_running &&
+           s.kv_blocks_total - s.kv_blocks_used >= needed;
   }
 
   // Has the prefill worker fill engine request `request_id`'s blocks once
