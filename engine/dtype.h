@@ -24,6 +24,10 @@ inline float Bf16ToFloat(uint16_t v) {
   return f;
 }
 
+// An element of an f32 or a BF16 buffer, as f32 (for code templated on both).
+inline float ElementToFloat(float v) { return v; }
+inline float ElementToFloat(uint16_t v) { return Bf16ToFloat(v); }
+
 // Round to nearest even, as torch does; NaN stays NaN.
 inline uint16_t FloatToBf16(float f) {
   uint32_t bits;

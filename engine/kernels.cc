@@ -189,16 +189,13 @@ void MatMul(const float* x, int64_t ldx, int64_t m, const Matrix& w, float* y, i
 
 namespace {
 
-float Widen(float v) { return v; }
-float Widen(uint16_t v) { return Bf16ToFloat(v); }
-
 template <typename E>
 void AttentionScoresGeneric(const float* q, int64_t ldq, int64_t m, const E* rows, int64_t n,
                             int64_t k, float* y, int64_t ldy) {
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       float s = 0.f;
-      for (int64_t c = 0; c < k; ++c) s += q[i * ldq + c] * Widen(rows[j * k + c]);
+      for (int64_t c = 0; c < k; ++c) s += q[i * ldq + c] * ElementToFloat(rows[j * k + c]);
       y[i * ldy + j] = s;
     }
   }
@@ -213,7 +210,7 @@ void AttentionSumsGeneric(const float* p, int64_t ldp, int64_t m, const E* const
     std::fill(o, o + k, 0.f);
     for (int64_t j = 0; j < n; ++j) {
       const E* row = blocks[j / block_rows] + j % block_rows * ldr;
-      for (int64_t c = 0; c < k; ++c) o[c] += p[i * ldp + j] * Widen(row[c]);
+      for (int64_t c = 0; c < k; ++c) o[c] += p[i * ldp + j] * ElementToFloat(row[c]);
     }
   }
 }

@@ -20,9 +20,6 @@ BATON_AVX2 inline __m256 Load8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
-inline float ToFloat(float v) { return v; }
-inline float ToFloat(uint16_t v) { return Bf16ToFloat(v); }
-
 BATON_AVX2 inline float Sum(__m256 v) {
   const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
   __m128 s = _mm_add_ps(lo, hi);
@@ -50,7 +47,8 @@ BATON_AVX2 void Tile(const float* x, int64_t ldx, int64_t k, const W* w, float* 
   for (int r = 0; r < R; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = Sum(acc[r][t]);
-      for (int64_t c = k8; c < k; ++c) s = std::fma(ToFloat(w[r * k + c]), x[t * ldx + c], s);
+      for (int64_t c = k8; c < k; ++c)
+        s = std::fma(ElementToFloat(w[r * k + c]), x[t * ldx + c], s);
       y[t * ldy + r] = s;
     }
   }
@@ -107,7 +105,7 @@ BATON_AVX2 void PanelTile(const float* x, int64_t ldx, int64_t k, const W* panel
   for (int r = 0; r < rows; ++r) {
     for (int t = 0; t < T; ++t) {
       float s = Sum(acc[r][t]);
-      for (int64_t c = k8; c < k; ++c) s = std::fma(ToFloat(*at(r, c)), x[t * ldx + c], s);
+      for (int64_t c = k8; c < k; ++c) s = std::fma(ElementToFloat(*at(r, c)), x[t * ldx + c], s);
       y[t * ldy + r] = s;
     }
   }

@@ -9,9 +9,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 #include <vector>
+
+#include "engine/dtype.h"
 
 #define BATON_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -364,17 +365,8 @@ BATON_AVX512 inline __m512 SumEachOfSixteen(const __m512 (&v)[16]) {
 
 // Scores of R consecutive rows (R = 1 or 2) against HB <= 8 heads: each row
 // vector loaded (and widened from BF16) feeds HB FMAs, each query vector R;
-// accumulator r * 8 + h, all reduced together.
-// Widens one BF16 (or passes one f32) element.
-inline float ToFloat(float v) { return v; }
-inline float ToFloat(uint16_t v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// kWidth: the row width (and q's stride) when known at compile time, else 0.
+// accumulator r * 8 + h, all reduced together. kWidth: the row width (and
+// q's stride) when known at compile time, else 0.
 template <int R, int HB, typename E, int kWidth = 0>
 BATON_AVX512 void ScoreTile(const float* q, int64_t ldq, const E* rows, int64_t k, float* y,
                             int64_t ldy) {
@@ -403,7 +395,7 @@ BATON_AVX512 void ScoreTile(const float* q, int64_t ldq, const E* rows, int64_t 
       float sum = sums[r * 8 + h];
       // The last k % 16 columns (none for DeepSeek's 576-wide rows).
       for (int64_t c = whole; c < k; ++c) {
-        sum = std::fma(ToFloat(rows[r * k + c]), q[h * ldq + c], sum);
+        sum = std::fma(ElementToFloat(rows[r * k + c]), q[h * ldq + c], sum);
       }
       y[h * ldy + r] = sum;
     }

@@ -15,7 +15,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "baton/v1/inference.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -270,13 +269,10 @@ int RunBench(const Args& args) {
     baseline_stats.resize(f.requests);
     for (int64_t i = 0; i < f.requests; ++i) {
       const v1::GenerateRequest& r = requests[f.warmup + i];
-      if (i % 2 == 0) {
-        stats[i] = RunOne(*stub, r);
-        baseline_stats[i] = RunOne(*baseline, r);
-      } else {
-        baseline_stats[i] = RunOne(*baseline, r);
-        stats[i] = RunOne(*stub, r);
-      }
+      const bool baseline_first = i % 2 == 1;
+      if (baseline_first) baseline_stats[i] = RunOne(*baseline, r);
+      stats[i] = RunOne(*stub, r);
+      if (!baseline_first) baseline_stats[i] = RunOne(*baseline, r);
     }
   }
   for (int64_t w = 0; w < (baseline ? 0 : f.concurrency); ++w) {
