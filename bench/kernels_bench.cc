@@ -25,6 +25,12 @@ ThreadPool& Pool() {
   return *pool;
 }
 
+// Reports FLOP/s from the FLOPs of one iteration.
+void CountFlops(benchmark::State& state, double flops_per_iteration) {
+  state.counters["FLOP/s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * flops_per_iteration, benchmark::Counter::kIsRate);
+}
+
 // Decode-shaped GEMV/GEMM over a set of matrices larger than the caches, so
 // weights stream from DRAM as in a real decode step; the fourth argument 1
 // runs BF16 activations (kernels::Precision::kBf16).
@@ -43,8 +49,7 @@ void BM_MatMulBf16(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(state.iterations() * rows * cols * 2);
-  state.counters["FLOP/s"] = benchmark::Counter(
-      static_cast<double>(state.iterations()) * 2 * m * rows * cols, benchmark::Counter::kIsRate);
+  CountFlops(state, 2.0 * m * rows * cols);
 }
 BENCHMARK(BM_MatMulBf16)
     ->ArgsProduct({{1}, {2048}, {7168}, {0, 1}})      // V3 q_a/kv_a-like row block, batch 1
@@ -68,22 +73,33 @@ std::vector<E> CacheRows(int64_t context) {
   }
 }
 
+// Scores of `context` rows from `rows`, block by block as the engine calls
+// them, each block prefetched `prefetch_blocks` ahead (0: none).
+template <typename E>
+void ScoresByBlock(const std::vector<float>& q, int64_t heads, const E* rows, int64_t context,
+                   int64_t prefetch_blocks, std::vector<float>& y) {
+  for (int64_t j = 0; j < context; j += kBlock) {
+    const int64_t ahead = j + prefetch_blocks * kBlock;
+    if (prefetch_blocks > 0 && ahead < context) {
+      const char* next = reinterpret_cast<const char*>(&rows[ahead * kWidth]);
+      for (int64_t b = 0; b < kBlock * kWidth * int64_t{sizeof(E)}; b += 64) {
+        __builtin_prefetch(next + b);
+      }
+    }
+    kernels::AttentionScores(q.data(), kWidth, heads, &rows[j * kWidth], kBlock, kWidth, &y[j],
+                             context);
+  }
+  benchmark::DoNotOptimize(y.data());
+}
+
 template <typename E>
 void BM_AttentionScores(benchmark::State& state) {
   const int64_t heads = state.range(0), context = state.range(1);
   const std::vector<float> q(heads * kWidth, 0.1f);
   const std::vector<E> rows = CacheRows<E>(context);
   std::vector<float> y(heads * context);
-  for (auto _ : state) {
-    for (int64_t j = 0; j < context; j += kBlock) {
-      kernels::AttentionScores(q.data(), kWidth, heads, &rows[j * kWidth], kBlock, kWidth, &y[j],
-                               context);
-    }
-    benchmark::DoNotOptimize(y.data());
-  }
-  state.counters["FLOP/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kWidth,
-                         benchmark::Counter::kIsRate);
+  for (auto _ : state) ScoresByBlock(q, heads, rows.data(), context, 0, y);
+  CountFlops(state, 2.0 * heads * context * kWidth);
 }
 BENCHMARK(BM_AttentionScores<float>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
 BENCHMARK(BM_AttentionScores<uint16_t>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
@@ -101,23 +117,10 @@ void BM_AttentionScoresCold(benchmark::State& state) {
   std::vector<float> y(heads * context);
   int64_t piece = 0;
   for (auto _ : state) {
-    const E* base = &rows[piece * context * kWidth];
+    ScoresByBlock(q, heads, &rows[piece * context * kWidth], context, state.range(2), y);
     piece = (piece + 1) % pieces;
-    for (int64_t j = 0; j < context; j += kBlock) {
-      if (state.range(2) > 0) {
-        const char* next =
-            reinterpret_cast<const char*>(&base[(j + state.range(2) * kBlock) * kWidth]);
-        for (int64_t b = 0; b < kBlock * kWidth * int64_t{sizeof(E)}; b += 64)
-          __builtin_prefetch(next + b);
-      }
-      kernels::AttentionScores(q.data(), kWidth, heads, &base[j * kWidth], kBlock, kWidth, &y[j],
-                               context);
-    }
-    benchmark::DoNotOptimize(y.data());
   }
-  state.counters["FLOP/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kWidth,
-                         benchmark::Counter::kIsRate);
+  CountFlops(state, 2.0 * heads * context * kWidth);
 }
 BENCHMARK(BM_AttentionScoresCold<uint16_t>)
     ->ArgsProduct({{16}, {256}, {0, 1, 2, 4}})
@@ -136,9 +139,7 @@ void BM_AttentionSums(benchmark::State& state) {
                            out.data(), kLora);
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["FLOP/s"] =
-      benchmark::Counter(static_cast<double>(state.iterations()) * 2 * heads * context * kLora,
-                         benchmark::Counter::kIsRate);
+  CountFlops(state, 2.0 * heads * context * kLora);
 }
 BENCHMARK(BM_AttentionSums<float>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
 BENCHMARK(BM_AttentionSums<uint16_t>)->ArgsProduct({{16, 128}, {256, 2048}})->UseRealTime();
