@@ -12,6 +12,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/integration/process.h"
 
 namespace baton {
@@ -420,6 +421,32 @@ TEST(ServeQueueTest, FullQueueGivesResourceExhausted) {
   // first completes, and none is lost.
   EXPECT_GE(completed, 1);
   EXPECT_EQ(refused + completed, 10);
+}
+
+// `baton bench --baseline-addr`: every measured request (and warm-up) goes
+// to both servers, and the report pairs them; it refuses concurrency.
+TEST(BenchTest, BaselineAddrPairsEveryRequestBetweenTwoServers) {
+  BatonServer a(kTinyA), b(kTinyA);
+  ASSERT_TRUE(a.ok() && b.ok());
+  baton::testing::Process bench({BATON_BIN, "bench", "--addr", a.address(), "--baseline-addr",
+                                 b.address(), "--concurrency", "1", "--requests", "6", "--warmup",
+                                 "1", "--prompt-len", "8", "--output-len", "3", "--json"});
+  const std::string line = bench.WaitForLine("^(\\{.*)", std::chrono::seconds(60));
+  ASSERT_EQ(bench.Wait(std::chrono::seconds(10)), 0) << bench.output();
+  const nlohmann::json out = nlohmann::json::parse(line, nullptr, false);
+  ASSERT_TRUE(out.is_object()) << line;
+  EXPECT_EQ(out["succeeded"], 6);
+  EXPECT_EQ(out["baseline"]["addr"], b.address());
+  EXPECT_EQ(out["baseline"]["succeeded"], 6);
+  EXPECT_EQ(out["paired"]["pairs"], 6);
+  EXPECT_GT(out["paired"]["ttft_ratio_p50"].get<double>(), 0.0);
+  // 7 prompts of 8 tokens reached each server.
+  EXPECT_EQ(MetricValue(a.metrics_port(), "baton_prompt_tokens_total"), 56);
+  EXPECT_EQ(MetricValue(b.metrics_port(), "baton_prompt_tokens_total"), 56);
+
+  baton::testing::Process refused({BATON_BIN, "bench", "--addr", a.address(), "--baseline-addr",
+                                   b.address(), "--concurrency", "2"});
+  EXPECT_EQ(refused.Wait(std::chrono::seconds(10)), 2);
 }
 
 // Server reflection lists the public service (grpc.reflection.v1alpha, the
