@@ -26,6 +26,11 @@
 namespace baton::bench {
 namespace {
 
+[[noreturn]] void Die(const absl::Status& status) {
+  std::fprintf(stderr, "baton-engine-bench: %s\n", std::string(status.message()).c_str());
+  std::exit(1);
+}
+
 double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -38,8 +43,9 @@ struct DecodeResult {
 // Median step time of `steps` decode steps of `batch` sequences at `context`.
 DecodeResult Decode(DeepseekModel& model, ThreadPool& pool, int batch, int context, int steps) {
   const ModelConfig& c = model.config();
-  KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16,
-                int64_t{batch} * ((context + steps + 15) / 16 + 1), model.kv_dtype());
+  auto cache_owner = model.NewKvCache(16, int64_t{batch} * ((context + steps + 15) / 16 + 1));
+  if (!cache_owner.ok()) Die(cache_owner.status());
+  KvCache& cache = **cache_owner;
   std::vector<KvBlocks> blocks;
   std::mt19937 rng(1);
   std::normal_distribution<float> dist(0.f, 0.5f);
@@ -56,7 +62,10 @@ DecodeResult Decode(DeepseekModel& model, ThreadPool& pool, int batch, int conte
     blocks.emplace_back(&cache);
     blocks.back().Reserve(context + steps);
     for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
-      cache.ImportLayer(layer, blocks.back().table(), 0, context, rows.data());
+      if (absl::Status s = cache.ImportLayer(layer, blocks.back().table(), 0, context, rows.data());
+          !s.ok()) {
+        Die(s);
+      }
     }
   }
   std::vector<int32_t> tokens(batch);
@@ -93,7 +102,9 @@ struct PrefillResult {
 
 PrefillResult Prefill(DeepseekModel& model, ThreadPool& pool, int length, int reps) {
   const ModelConfig& c = model.config();
-  KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16, (length + 15) / 16);
+  auto cache_owner = model.NewKvCache(16, (length + 15) / 16);
+  if (!cache_owner.ok()) Die(cache_owner.status());
+  KvCache& cache = **cache_owner;
   KvBlocks blocks(&cache);
   blocks.Reserve(length);
   std::vector<int32_t> tokens(length);

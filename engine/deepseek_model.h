@@ -1,9 +1,11 @@
-// The DeepSeek-V2/V3 forward pass on the CPU: MLA with weight absorption over
-// the paged latent cache, and DeepSeekMoE. One batch mixes prefill chunks of
-// any length (starting at any position) with single-token decodes.
+// The DeepSeek-V2/V3 forward pass, stated once for every device: MLA with
+// weight absorption over the paged latent cache, and DeepSeekMoE (routing
+// here, experts on the backend). One batch mixes prefill chunks of any
+// length (starting at any position) with single-token decodes. The blocks
+// run on a Backend (engine/backend.h): the CPU's, or a GPU's.
 //
-// Thread-safety: Forward() mutates a workspace and the KV cache; call it from
-// one thread (the engine loop). Loading is thread-safe.
+// Thread-safety: Forward() mutates the backend's activations and the KV
+// cache; call it from one thread (the engine loop). Loading is thread-safe.
 #ifndef BATON_ENGINE_DEEPSEEK_MODEL_H_
 #define BATON_ENGINE_DEEPSEEK_MODEL_H_
 
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/backend.h"
 #include "engine/kernels.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"
@@ -61,50 +64,50 @@ struct ModelLoadOptions {
 
 class DeepseekModel {
  public:
-  // Reads DIR/config.json and the safetensors weights.
+  // Reads DIR/config.json and the safetensors weights; runs on the CPU.
   static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
                                                              const ModelLoadOptions& options);
+  // The same on `backend` (engine/devices.h makes one for --device); the
+  // options' precision and attention_piece_rows are the CPU backend's.
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
+                                                             const ModelLoadOptions& options,
+                                                             std::unique_ptr<Backend> backend);
   static absl::StatusOr<std::unique_ptr<DeepseekModel>> FromWeights(
       ModelConfig config, ModelWeights weights,
       kernels::Precision precision = kernels::Precision::kF32);
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> FromWeights(
+      ModelConfig config, ModelWeights weights, std::unique_ptr<Backend> backend);
 
   const ModelConfig& config() const { return config_; }
-  // The activation precision the products actually run at on this CPU.
-  kernels::Precision precision() const { return precision_; }
-  // The element type of the KV cache this model reads and writes: bf16 with
-  // bf16 activations (half the memory; attention widens the rows to fp32
-  // exactly), else f32.
-  DType kv_dtype() const {
-    return precision_ == kernels::Precision::kBf16 ? DType::kBF16 : DType::kF32;
-  }
+  const Backend& backend() const { return *backend_; }
+  // The activation precision the products actually run at on this device.
+  kernels::Precision precision() const { return backend_->precision(); }
+  // The element type of the KV cache this model reads and writes (on the
+  // CPU: bf16 with bf16 activations, else f32).
+  DType kv_dtype() const { return backend_->kv_dtype(); }
   const ModelWeights& weights() const { return weights_; }
   size_t weight_bytes() const { return weights_.bytes; }
 
-  // Runs the batch: writes every token's latent and roped key into `cache`
-  // and returns the requested logits, rows in batch order ([rows][vocab]).
-  // Called with each layer's index as soon as that layer's KV of the whole
-  // batch is in the cache, before the layer's attention runs: the hook that
-  // ships KV while later layers compute.
-  using LayerKvHook = std::function<void(int layer)>;
+  // A KV cache for this model, in the memory its backend attends over.
+  absl::StatusOr<std::unique_ptr<KvCache>> NewKvCache(int block_size, int64_t num_blocks) const;
 
+  // Runs the batch: writes every token's latent and roped key into `cache`
+  // (made by NewKvCache, or a host KvCache for the CPU backend) and returns
+  // the requested logits, rows in batch order ([rows][vocab]).
+  // `on_layer_kv` is called with each layer's index as soon as that layer's
+  // KV of the whole batch is in the cache: the hook that ships KV while
+  // later layers compute.
+  using LayerKvHook = baton::LayerKvHook;
   absl::Status Forward(const std::vector<ForwardChunk>& batch, KvCache& cache, ThreadPool& pool,
                        std::vector<float>* logits, const LayerKvHook* on_layer_kv = nullptr);
   const ForwardStats& last_forward_stats() const { return stats_; }
 
  private:
-  DeepseekModel(ModelConfig config, ModelWeights weights);
+  DeepseekModel(ModelConfig config, ModelWeights weights, std::unique_ptr<Backend> backend);
 
-  void Attention(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
-                 ThreadPool& pool);
-  void AttentionCore(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
-                     ThreadPool& pool);
-  // The same for cache elements E: float or uint16_t (BF16 bits).
-  template <typename E>
-  void AttentionCoreTyped(int layer, const std::vector<ForwardChunk>& batch, KvCache& cache,
-                          ThreadPool& pool);
-  void Mlp(const MlpWeights& mlp, const float* x, int64_t rows, float* out, ThreadPool& pool);
-  void Moe(const MoeWeights& moe, ThreadPool& pool);
-  void Route(const MoeWeights& moe, int64_t t, std::vector<int>* experts,
+  absl::Status Moe(const MoeWeights& moe);
+  // Token t's experts and their weights, from the router's logits.
+  void Route(const MoeWeights& moe, const float* logits, std::vector<int>* experts,
              std::vector<float>* weights) const;
 
   // Adds a matrix use to the stats: its bytes once, 2*rows*cols flops per row of x.
@@ -112,33 +115,11 @@ class DeepseekModel {
 
   ModelConfig config_;
   ModelWeights weights_;
+  std::unique_ptr<Backend> backend_;
   ForwardStats stats_;
-  const LayerKvHook* on_layer_kv_ = nullptr;  // Set during Forward().
-  std::vector<float> inv_freq_;
-  float cos_sin_scale_;
-  float softmax_scale_;
-  kernels::Precision precision_ = kernels::Precision::kF32;
-  int64_t attention_piece_rows_ = 256;
-
-  // Workspace reused across calls; sized for the largest batch seen.
-  struct Workspace {
-    int64_t tokens = 0;
-    std::vector<int64_t> positions;             // [T]
-    std::vector<int> chunk_of_token;            // [T]
-    std::vector<float> x, xn;                   // [T][hidden]
-    std::vector<float> q_a;                     // [T][q_lora]
-    std::vector<float> q;                       // [T][heads][nope+rope]
-    std::vector<float> kv;                      // [T][lora+rope]
-    std::vector<float> q_full;                  // [T][heads][lora+rope]
-    std::vector<float> o_latent;                // [T][heads][lora]
-    std::vector<float> piece_sums;              // Decode attention: [pieces][heads][lora]
-    std::vector<float> piece_max, piece_total;  // [pieces][heads]
-    std::vector<float> attn_v;                  // [T][heads][v]
-    std::vector<float> out;                     // [T][hidden]
-    std::vector<float> mlp_hidden;              // [T][2*inter]
-    std::vector<float> router_logits;           // [T][experts]
-    std::vector<float> expert_in, expert_out;
-  } ws_;
+  ForwardTokens tokens_;              // The batch of the running Forward().
+  std::vector<float> router_logits_;  // [T][experts]
+  ExpertRouting routing_;
 };
 
 }  // namespace baton

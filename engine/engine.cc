@@ -46,16 +46,17 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<DeepseekM
     return absl::InvalidArgumentError(
         absl::StrCat("KV cache of ", bytes, " bytes holds not even one block"));
   }
-  return std::unique_ptr<Engine>(new Engine(std::move(model), options, blocks));
+  auto cache = model->NewKvCache(options.kv_block_size, blocks);
+  if (!cache.ok()) return cache.status();
+  return std::unique_ptr<Engine>(new Engine(std::move(model), options, *std::move(cache)));
 }
 
 Engine::Engine(std::unique_ptr<DeepseekModel> model, const EngineOptions& options,
-               int64_t kv_blocks)
-    : model_(std::move(model)), options_(options), pool_(options.threads) {
-  const ModelConfig& c = model_->config();
-  cache_ = std::make_unique<KvCache>(c.num_hidden_layers, c.kv_cache_width(), options.kv_block_size,
-                                     kv_blocks, model_->kv_dtype());
-}
+               std::unique_ptr<KvCache> cache)
+    : model_(std::move(model)),
+      options_(options),
+      pool_(options.threads),
+      cache_(std::move(cache)) {}
 
 absl::Status Engine::Validate(const EngineRequest& r) const {
   const ModelConfig& c = config();
@@ -273,13 +274,16 @@ std::vector<TokenEvent> Engine::Step() {
   last_step_tokens_ = step_tokens;
   last_step_sequences_ = static_cast<int64_t>(plan.size());
   // Prefill-only chunks ship each layer's KV as soon as it is computed.
-  DeepseekModel::LayerKvHook ship = [&](int layer) {
+  DeepseekModel::LayerKvHook ship = [&](int layer) -> absl::Status {
     for (const Planned& p : plan) {
       if (!p.seq->request.prefill_only || !p.seq->request.kv_sink) continue;
       std::vector<uint8_t> rows(static_cast<size_t>(p.count * cache_->row_bytes()));
-      cache_->ExportLayer(layer, p.seq->blocks.table(), p.begin, p.begin + p.count, rows.data());
+      // Fails only where the cache is a device's; the step then fails.
+      BATON_RETURN_IF_ERROR(cache_->ExportLayer(layer, p.seq->blocks.table(), p.begin,
+                                                p.begin + p.count, rows.data()));
       p.seq->request.kv_sink(layer, p.begin, p.begin + p.count, std::move(rows));
     }
+    return absl::OkStatus();
   };
   const bool any_prefill_only = std::any_of(
       plan.begin(), plan.end(), [](const Planned& p) { return p.seq->request.prefill_only; });

@@ -140,7 +140,8 @@ class Engine {
     }
   };
 
-  Engine(std::unique_ptr<DeepseekModel> model, const EngineOptions& options, int64_t kv_blocks);
+  Engine(std::unique_ptr<DeepseekModel> model, const EngineOptions& options,
+         std::unique_ptr<KvCache> cache);
   void Preempt(Sequence& victim);
   // The newest running sequence that may be preempted, other than `keep`.
   Sequence* PreemptionVictim(const Sequence* keep) const;

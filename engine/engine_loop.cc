@@ -65,8 +65,7 @@ absl::Status EngineLoop::ImportKv(int64_t request_id, int layer, int64_t begin, 
   if (!target->open) return absl::CancelledError("the request has ended");
   // The engine thread does not touch these rows until FinishImport, and the
   // cache's storage never moves, so writing here is race-free.
-  engine_->kv_cache().ImportLayer(layer, target->table, begin, end, rows);
-  return absl::OkStatus();
+  return engine_->kv_cache().ImportLayer(layer, target->table, begin, end, rows);
 }
 
 void EngineLoop::FinishImport(int64_t request_id, SampledToken first) {

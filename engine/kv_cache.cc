@@ -44,34 +44,63 @@ void KvBlocks::Release() {
   table_.clear();
 }
 
+absl::Status HostKvMemory::ReadRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                                    void* out) const {
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    std::memcpy(static_cast<uint8_t*>(out) + i * row_bytes, storage_.data() + offsets[i],
+                row_bytes);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status HostKvMemory::WriteRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                                     const void* in) {
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    std::memcpy(storage_.data() + offsets[i], static_cast<const uint8_t*>(in) + i * row_bytes,
+                row_bytes);
+  }
+  return absl::OkStatus();
+}
+
+size_t KvCache::Bytes(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype) {
+  return static_cast<size_t>(num_layers) * num_blocks * block_size * width *
+         DTypeSize(dtype == DType::kBF16 ? DType::kBF16 : DType::kF32);
+}
+
 KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype)
+    : KvCache(
+          num_layers, width, block_size, num_blocks, dtype,
+          std::make_unique<HostKvMemory>(Bytes(num_layers, width, block_size, num_blocks, dtype))) {
+}
+
+KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype,
+                 std::unique_ptr<KvMemory> memory)
     : num_layers_(num_layers),
       width_(width),
       dtype_(dtype == DType::kBF16 ? DType::kBF16 : DType::kF32),
       block_size_(block_size),
       num_blocks_(num_blocks),
-      storage_(static_cast<size_t>(num_layers) * num_blocks * block_size * width *
-               DTypeSize(dtype_)) {
+      bytes_(Bytes(num_layers, width, block_size, num_blocks, dtype)),
+      memory_(std::move(memory)),
+      host_(memory_->host_data()) {
   free_list_.reserve(num_blocks);
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
 }
 
-void KvCache::ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                          void* out) const {
-  const int64_t bytes = row_bytes();
-  for (int64_t pos = begin; pos < end; ++pos) {
-    std::memcpy(static_cast<uint8_t*>(out) + (pos - begin) * bytes, Row<uint8_t>(layer, table, pos),
-                bytes);
-  }
+absl::Status KvCache::ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin,
+                                  int64_t end, void* out) const {
+  std::vector<int64_t> offsets;
+  offsets.reserve(end - begin);
+  for (int64_t pos = begin; pos < end; ++pos) offsets.push_back(RowOffset(layer, table, pos));
+  return memory_->ReadRows(offsets, row_bytes(), out);
 }
 
-void KvCache::ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                          const void* in) {
-  const int64_t bytes = row_bytes();
-  for (int64_t pos = begin; pos < end; ++pos) {
-    std::memcpy(Row<uint8_t>(layer, table, pos),
-                static_cast<const uint8_t*>(in) + (pos - begin) * bytes, bytes);
-  }
+absl::Status KvCache::ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin,
+                                  int64_t end, const void* in) {
+  std::vector<int64_t> offsets;
+  offsets.reserve(end - begin);
+  for (int64_t pos = begin; pos < end; ++pos) offsets.push_back(RowOffset(layer, table, pos));
+  return memory_->WriteRows(offsets, row_bytes(), in);
 }
 
 }  // namespace baton

@@ -9,6 +9,7 @@
 #define BATON_ENGINE_KV_CACHE_H_
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -18,6 +19,35 @@
 namespace baton {
 
 class KvCache;
+
+// Where a cache's rows live: host memory, which the CPU engine reads in
+// place, or a device's, which only its backend reads (engine/backend.h).
+class KvMemory {
+ public:
+  virtual ~KvMemory() = default;
+  // The bytes, when they are in host memory; nullptr when on a device.
+  virtual uint8_t* host_data() = 0;
+  // Copies rows of `row_bytes` at byte offsets `offsets` to a dense host
+  // buffer, and from one.
+  virtual absl::Status ReadRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                                void* out) const = 0;
+  virtual absl::Status WriteRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                                 const void* in) = 0;
+};
+
+// KvMemory in host memory (huge pages where the kernel gives them).
+class HostKvMemory : public KvMemory {
+ public:
+  explicit HostKvMemory(size_t bytes) : storage_(bytes) {}
+  uint8_t* host_data() override { return storage_.data(); }
+  absl::Status ReadRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                        void* out) const override;
+  absl::Status WriteRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                         const void* in) override;
+
+ private:
+  AlignedBuffer storage_;
+};
 
 // Owns a sequence's blocks; move-only, frees them on destruction.
 class KvBlocks {
@@ -47,7 +77,13 @@ class KvBlocks {
 class KvCache {
  public:
   // `dtype` is DType::kF32 or DType::kBF16 (any other is taken as kF32).
+  // The rows live in host memory.
   KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype = DType::kF32);
+  // The rows live in `memory`, which holds Bytes(...) bytes.
+  KvCache(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype,
+          std::unique_ptr<KvMemory> memory);
+  // What a cache of these dimensions occupies.
+  static size_t Bytes(int num_layers, int width, int block_size, int64_t num_blocks, DType dtype);
 
   int num_layers() const { return num_layers_; }
   int width() const { return width_; }
@@ -63,41 +99,46 @@ class KvCache {
   int64_t BlocksFor(int64_t num_tokens) const {
     return (num_tokens + block_size_ - 1) / block_size_;
   }
-  size_t bytes() const { return storage_.size(); }
+  size_t bytes() const { return bytes_; }
+  KvMemory& memory() { return *memory_; }
 
   // The cache row of token `pos` of a sequence with block table `table`;
   // T is float for an f32 cache and uint16_t (bf16 bits) for a bf16 one.
+  // Only for a cache in host memory (memory().host_data() != nullptr).
   template <typename T>
   T* Row(int layer, const std::vector<int32_t>& table, int64_t pos) {
-    return reinterpret_cast<T*>(storage_.data() + RowOffset(layer, table, pos));
+    return reinterpret_cast<T*>(host_ + RowOffset(layer, table, pos));
   }
   template <typename T>
   const T* Row(int layer, const std::vector<int32_t>& table, int64_t pos) const {
-    return reinterpret_cast<const T*>(storage_.data() + RowOffset(layer, table, pos));
+    return reinterpret_cast<const T*>(host_ + RowOffset(layer, table, pos));
   }
-
-  // Copies tokens [begin, end) of one layer of a sequence to/from a dense
-  // buffer of (end-begin) * row_bytes() bytes: the unit of the disaggregated
-  // KV handoff.
-  void ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                   void* out) const;
-  void ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
-                   const void* in);
-
- private:
-  friend class KvBlocks;
-  // Byte offset of a row in storage_.
+  // Byte offset of a row in the cache's memory: layer-major, then block,
+  // then the row's slot in its block.
   int64_t RowOffset(int layer, const std::vector<int32_t>& table, int64_t pos) const {
     const int64_t block = table[pos / block_size_], slot = pos % block_size_;
     return ((layer * num_blocks_ + block) * block_size_ + slot) * row_bytes();
   }
+
+  // Copies tokens [begin, end) of one layer of a sequence to/from a dense
+  // host buffer of (end-begin) * row_bytes() bytes: the unit of the
+  // disaggregated KV handoff. Fails only where the memory is a device's.
+  absl::Status ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
+                           void* out) const;
+  absl::Status ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin, int64_t end,
+                           const void* in);
+
+ private:
+  friend class KvBlocks;
 
   int num_layers_;
   int width_;
   DType dtype_;
   int block_size_;
   int64_t num_blocks_;
-  AlignedBuffer storage_;
+  size_t bytes_;
+  std::unique_ptr<KvMemory> memory_;
+  uint8_t* host_;  // memory_->host_data()
   std::vector<int32_t> free_list_;
 };
 

@@ -21,7 +21,9 @@ absl::StatusOr<PerplexityResult> MeasurePerplexity(DeepseekModel& model, const T
   BATON_ASSIGN_OR_RETURN(std::vector<uint32_t> ids, tokenizer.Encode(text, /*add_bos=*/false));
   const std::optional<uint32_t> bos = tokenizer.bos_id();
 
-  KvCache cache(c.num_hidden_layers, c.kv_cache_width(), 16, (window + 15) / 16);
+  BATON_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache_owner,
+                         model.NewKvCache(16, (window + 15) / 16));
+  KvCache& cache = *cache_owner;
   PerplexityResult result;
   result.bytes = static_cast<int64_t>(text.size());
   result.window = window;

@@ -179,7 +179,7 @@ TEST(EngineTest, PrefillHandoffContinuesExactlyAsColocated) {
     const int64_t n = static_cast<int64_t>(r.prompt.size());
     for (int layer = 0; layer < layers; ++layer) {
       ASSERT_EQ(static_cast<int64_t>(shipped[layer].size()), n * row_bytes);
-      decode->kv_cache().ImportLayer(layer, blocks, 0, n, shipped[layer].data());
+      ASSERT_TRUE(decode->kv_cache().ImportLayer(layer, blocks, 0, n, shipped[layer].data()).ok());
     }
     std::optional<TokenEvent> handed = decode->ImportDone(7, *first);
     ASSERT_TRUE(handed.has_value());

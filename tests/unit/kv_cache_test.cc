@@ -43,8 +43,8 @@ void CheckExportImportRoundTrip(DType dtype) {
   }
   std::vector<uint8_t> buffer(10 * src.row_bytes());
   for (int layer = 0; layer < 2; ++layer) {
-    src.ExportLayer(layer, a.table(), 0, 10, buffer.data());
-    dst.ImportLayer(layer, b.table(), 0, 10, buffer.data());
+    ASSERT_TRUE(src.ExportLayer(layer, a.table(), 0, 10, buffer.data()).ok());
+    ASSERT_TRUE(dst.ImportLayer(layer, b.table(), 0, 10, buffer.data()).ok());
   }
   for (int layer = 0; layer < 2; ++layer) {
     for (int pos = 0; pos < 10; ++pos) {
