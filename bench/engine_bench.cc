@@ -17,9 +17,12 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/roofline.h"
 #include "engine/deepseek_model.h"
+#include "engine/devices.h"
 #include "engine/kernels.h"
 #include "nlohmann/json.hpp"
 
@@ -128,16 +131,29 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: baton-engine-bench MODEL_DIR [--quick] [--json FILE] [--batch N]\n"
                  "                          [--context N] [--steps N] [--no-prefill] [--bf16]\n"
+                 "                          [--device D] [--peak-gbps X]\n"
                  "Decode tokens/s at batch 1, 8, 32 and contexts 16 and 2048, prefill tokens/s,\n"
                  "each against a roofline measured in the same run. --batch and --context\n"
                  "restrict decode to one point (for profiling); --steps sets decode steps;\n"
-                 "--bf16 runs the weight products with BF16 activations where the CPU can.\n");
+                 "--bf16 runs the weight products with BF16 activations where the CPU can.\n"
+                 "--batch and --context take comma-separated lists. --device cuda[:N] runs on a\n"
+                 "GPU: decode is then compared with --peak-gbps (the device's datasheet memory\n"
+                 "bandwidth) instead of the CPU rooflines.\n");
     return 2;
   }
   const std::string dir = argv[1];
   bool quick = false, prefill = true;
   ModelLoadOptions options;
-  std::string json_path;
+  std::string json_path, device = "cpu";
+  double peak_gbps = 0;
+  auto list = [](const char* text) {
+    std::vector<int> values;
+    for (absl::string_view v : absl::StrSplit(text, ',')) {
+      int n = 0;
+      if (absl::SimpleAtoi(v, &n) && n > 0) values.push_back(n);
+    }
+    return values;
+  };
   std::vector<int> batches = {1, 8, 32}, contexts = {16, 2048};
   int steps = 0;
   for (int i = 2; i < argc; ++i) {
@@ -147,13 +163,18 @@ int Main(int argc, char** argv) {
     if (arg == "--no-prefill") prefill = false;
     if (arg == "--bf16") options.precision = kernels::Precision::kBf16;
     if (arg == "--json" && has_value) json_path = argv[++i];
-    if (arg == "--batch" && has_value) batches = {std::atoi(argv[++i])};
-    if (arg == "--context" && has_value) contexts = {std::atoi(argv[++i])};
+    if (arg == "--batch" && has_value) batches = list(argv[++i]);
+    if (arg == "--context" && has_value) contexts = list(argv[++i]);
+    if (arg == "--device" && has_value) device = argv[++i];
+    if (arg == "--peak-gbps" && has_value) peak_gbps = std::atof(argv[++i]);
     if (arg == "--steps" && has_value) steps = std::max(2, std::atoi(argv[++i]));
   }
   if (steps == 0) steps = quick ? 6 : 12;
   ThreadPool pool(0);
-  auto model = DeepseekModel::Load(dir, options);
+  auto backend = CreateBackend(device, CpuBackendOptions{options.precision});
+  if (!backend.ok()) Die(backend.status());
+  const bool on_cpu = device == "cpu";
+  auto model = DeepseekModel::Load(dir, options, *std::move(backend));
   if (!model.ok()) {
     std::fprintf(stderr, "baton-engine-bench: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -165,31 +186,39 @@ int Main(int argc, char** argv) {
   out["isa"] = kernels::IsaName();
   out["precision"] = (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32";
   out["weight_bytes"] = (*model)->weight_bytes();
-  const double bandwidth = MeasureReadBandwidth(pool, int64_t{1} << 30, quick ? 3 : 7);
-  const double fp32_peak = MeasurePeakFp32Flops(pool);
-  const double bf16_peak = MeasurePeakBf16Flops(pool);
+  out["device"] = (*model)->backend().name();
+  // The CPU's rooflines are measured here; a GPU's memory peak is given.
+  const double bandwidth =
+      on_cpu ? MeasureReadBandwidth(pool, int64_t{1} << 30, quick ? 3 : 7) : peak_gbps * 1e9;
+  const double fp32_peak = on_cpu ? MeasurePeakFp32Flops(pool) : 0.0;
+  const double bf16_peak = on_cpu ? MeasurePeakBf16Flops(pool) : 0.0;
   out["roofline"] = {{"read_gb_per_s", bandwidth / 1e9},
                      {"fp32_gflops", fp32_peak / 1e9},
                      {"bf16_gflops", bf16_peak / 1e9}};
-  std::printf("%s\n",
-              absl::StrFormat("roofline: DRAM read %.1f GB/s, fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s "
-                              "(%d threads, %s, %s activations)",
-                              bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9, pool.num_threads(),
-                              kernels::IsaName(),
-                              (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32")
-                  .c_str());
+  if (on_cpu) {
+    std::printf("%s\n", absl::StrFormat(
+                            "roofline: DRAM read %.1f GB/s, fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s "
+                            "(%d threads, %s, %s activations)",
+                            bandwidth / 1e9, fp32_peak / 1e9, bf16_peak / 1e9, pool.num_threads(),
+                            kernels::IsaName(),
+                            (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32")
+                            .c_str());
+  } else {
+    std::printf("device %s, memory peak given: %.0f GB/s\n", (*model)->backend().name().c_str(),
+                peak_gbps);
+  }
   for (int context : contexts) {
     if (context + steps + 1 > c.max_position_embeddings) continue;
     for (int batch : batches) {
       // This VM's memory bandwidth drifts by tens of percent within a minute
       // (other tenants), so each point is compared with the better of two
       // reads taken right before and right after it.
-      const double before = MeasureReadBandwidth(pool, int64_t{1} << 30, 3);
+      const double before = on_cpu ? MeasureReadBandwidth(pool, int64_t{1} << 30, 3) : bandwidth;
       DecodeResult d = Decode(**model, pool, batch, context, steps);
       if (d.step_s == 0) continue;
       const double local_bandwidth =
-          std::max(before, MeasureReadBandwidth(pool, int64_t{1} << 30, 3));
-      const double fraction = d.bytes / local_bandwidth / d.step_s;
+          on_cpu ? std::max(before, MeasureReadBandwidth(pool, int64_t{1} << 30, 3)) : bandwidth;
+      const double fraction = local_bandwidth > 0 ? d.bytes / local_bandwidth / d.step_s : 0.0;
       out["decode"].push_back({{"batch", batch},
                                {"context", context},
                                {"step_ms", d.step_s * 1e3},
@@ -214,12 +243,13 @@ int Main(int argc, char** argv) {
                               {"seconds", p.seconds},
                               {"tokens_per_s", length / p.seconds},
                               {"gflops", rate / 1e9},
-                              {"fp32_peak_fraction", rate / fp32_peak},
+                              {"fp32_peak_fraction", fp32_peak > 0 ? rate / fp32_peak : 0.0},
                               {"bf16_peak_fraction", bf16_peak > 0 ? rate / bf16_peak : 0.0}});
     std::printf("%s\n",
                 absl::StrFormat("prefill %4d tokens: %8.1f tok/s %7.1f GFLOP/s  %.2f of fp32 "
                                 "peak, %.2f of bf16 peak",
-                                length, length / p.seconds, rate / 1e9, rate / fp32_peak,
+                                length, length / p.seconds, rate / 1e9,
+                                fp32_peak > 0 ? rate / fp32_peak : 0.0,
                                 bf16_peak > 0 ? rate / bf16_peak : 0.0)
                     .c_str());
   }

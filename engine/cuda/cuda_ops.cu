@@ -7,257 +7,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/device_ops.h"
 
 namespace baton::cuda {
 namespace {
-
-absl::Status Check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
-}
-
-// A device buffer that frees itself.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : status_(Check(cudaMalloc(&ptr_, bytes), "cudaMalloc")) {}
-  ~DeviceBuffer() {
-    if (ptr_ != nullptr) (void)cudaFree(ptr_);
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* get() const {
-    return static_cast<T*>(ptr_);
-  }
-  const absl::Status& status() const { return status_; }
-
- private:
-  void* ptr_ = nullptr;
-  absl::Status status_;
-};
-
-// One stream per call, destroyed with it.
-class Stream {
- public:
-  Stream() : status_(Check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "stream")) {}
-  ~Stream() {
-    if (s_ != nullptr) (void)cudaStreamDestroy(s_);
-  }
-  cudaStream_t get() const { return s_; }
-  const absl::Status& status() const { return status_; }
-
- private:
-  cudaStream_t s_ = nullptr;
-  absl::Status status_;
-};
-
-// One block per row; the block reduces the sum of squares in shared memory.
-__global__ void RmsNormKernel(const float* x, const float* w, int64_t n, float eps, float* out) {
-  const float* row = x + blockIdx.x * n;
-  float* dst = out + blockIdx.x * n;
-  __shared__ float partial[256];
-  float sum = 0.f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += row[i] * row[i];
-  partial[threadIdx.x] = sum;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const float scale = rsqrtf(partial[0] / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row[i] * scale * w[i];
-}
-
-__device__ float Bf16ToFloat(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
-
-// One warp per (token, weight row): lanes stride the columns, then a warp
-// reduction. Decode-shaped: reads each weight row once per token.
-__global__ void MatMulBf16Kernel(const float* x, const uint16_t* w, int64_t m, int64_t rows,
-                                 int64_t cols, float* y) {
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (warp >= m * rows) return;
-  const int64_t i = warp / rows, j = warp % rows;
-  const float* xi = x + i * cols;
-  const uint16_t* wj = w + j * cols;
-  float sum = 0.f;
-  for (int64_t c = lane; c < cols; c += 32) sum += xi[c] * Bf16ToFloat(wj[c]);
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
-  if (lane == 0) y[i * rows + j] = sum;
-}
-
-__global__ void RopeKernel(float* x, int64_t rows, int64_t dim, const float* cos,
-                           const float* sin) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t half = dim / 2;
-  if (idx >= rows * half) return;
-  const int64_t r = idx / half, i = idx % half;
-  float* v = x + r * dim;
-  const float a = v[2 * i], b = v[2 * i + 1];
-  v[2 * i] = a * cos[i] - b * sin[i];
-  v[2 * i + 1] = a * sin[i] + b * cos[i];
-}
-
-// MLA decode attention: three kernels (scores, softmax, sums), each over
-// tiles of kHeadTile heads, so that a cache row read from memory serves all
-// of a tile's heads.
-constexpr int kHeadTile = 16;
-constexpr int kScoreRows = 64;   // Rows per scores block.
-constexpr int kSumColumns = 64;  // Latent columns per sums block.
-constexpr int kThreads = 256;
-
-__device__ const uint16_t* CacheRow(const uint16_t* cache, const int32_t* table, int64_t block_rows,
-                                    int64_t width, int64_t j) {
-  return cache +
-         (static_cast<int64_t>(table[j / block_rows]) * block_rows + j % block_rows) * width;
-}
-
-// grid (tokens, head tiles, row tiles); dynamic shared memory: the tile's
-// queries, kHeadTile x width floats. Each warp takes rows; its lanes stride
-// the row's columns, and one shuffle reduction per head finishes a score.
-__global__ void MlaScoresKernel(const float* q, int64_t heads, int64_t width, const uint16_t* cache,
-                                int64_t block_rows, const int32_t* tables, int64_t max_blocks,
-                                const int32_t* lengths, float scale, int64_t max_len,
-                                float* scores) {
-  extern __shared__ float qs[];
-  const int64_t t = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kHeadTile;
-  const int hb = static_cast<int>(min(static_cast<int64_t>(kHeadTile), heads - h0));
-  const int64_t len = lengths[t], j0 = static_cast<int64_t>(blockIdx.z) * kScoreRows;
-  if (j0 >= len) return;  // The whole block leaves together.
-  for (int64_t i = threadIdx.x; i < hb * width; i += blockDim.x) {
-    qs[i] = q[(t * heads + h0) * width + i];
-  }
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  const int32_t* table = tables + t * max_blocks;
-  const int64_t j1 = min(j0 + kScoreRows, len);
-  for (int64_t j = j0 + warp; j < j1; j += warps) {
-    const uint16_t* row = CacheRow(cache, table, block_rows, width, j);
-    float partial[kHeadTile];
-    for (int h = 0; h < kHeadTile; ++h) partial[h] = 0.f;
-    for (int64_t c = lane; c < width; c += 32) {
-      const float v = Bf16ToFloat(row[c]);
-      for (int h = 0; h < kHeadTile; ++h) {
-        if (h < hb) partial[h] += v * qs[h * width + c];
-      }
-    }
-    for (int h = 0; h < kHeadTile; ++h) {
-      for (int offset = 16; offset > 0; offset /= 2) {
-        partial[h] += __shfl_xor_sync(0xffffffffu, partial[h], offset);
-      }
-    }
-    if (lane == 0) {
-      for (int h = 0; h < hb; ++h)
-        scores[((t * heads) + h0 + h) * max_len + j] = partial[h] * scale;
-    }
-  }
-}
-
-// The block's reduction of one value per thread with `op`.
-template <typename Op>
-__device__ float BlockReduce(float v, Op op, float* shared) {
-  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  __syncthreads();  // `shared` may still be read from the previous call.
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  v = shared[0];
-  for (int w = 1; w < warps; ++w) v = op(v, shared[w]);
-  return v;
-}
-
-// grid (tokens, heads): one block per softmax, in place.
-__global__ void MlaSoftmaxKernel(float* scores, int64_t heads, const int32_t* lengths,
-                                 int64_t max_len) {
-  __shared__ float shared[32];
-  float* s = scores + (static_cast<int64_t>(blockIdx.x) * heads + blockIdx.y) * max_len;
-  const int64_t len = lengths[blockIdx.x];
-  float top = -INFINITY;
-  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) top = fmaxf(top, s[j]);
-  top = BlockReduce(
-      top, [](float a, float b) { return fmaxf(a, b); }, shared);
-  float sum = 0.f;
-  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
-    s[j] = expf(s[j] - top);
-    sum += s[j];
-  }
-  sum = BlockReduce(
-      sum, [](float a, float b) { return a + b; }, shared);
-  const float inv = 1.f / sum;
-  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) s[j] *= inv;
-}
-
-// grid (tokens, head tiles, column tiles); 16 threads per head, 4 adjacent
-// columns each: a row's 64 columns are one coalesced read shared by the
-// tile's heads.
-__global__ void MlaSumsKernel(const float* probs, int64_t heads, int64_t width, int64_t lora,
-                              const uint16_t* cache, int64_t block_rows, const int32_t* tables,
-                              int64_t max_blocks, const int32_t* lengths, int64_t max_len,
-                              float* out) {
-  const int64_t t = blockIdx.x;
-  const int64_t h = static_cast<int64_t>(blockIdx.y) * kHeadTile + threadIdx.x / 16;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.z) * kSumColumns + (threadIdx.x % 16) * 4;
-  if (h >= heads || c0 >= lora) return;
-  const int64_t len = lengths[t];
-  const int32_t* table = tables + t * max_blocks;
-  const float* p = probs + (t * heads + h) * max_len;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int64_t j = 0; j < len; ++j) {
-    const uint16_t* row = CacheRow(cache, table, block_rows, width, j) + c0;
-    const float pj = p[j];
-    for (int e = 0; e < 4; ++e) {
-      if (c0 + e < lora) acc[e] += pj * Bf16ToFloat(row[e]);
-    }
-  }
-  for (int e = 0; e < 4; ++e) {
-    if (c0 + e < lora) out[(t * heads + h) * lora + c0 + e] = acc[e];
-  }
-}
-
-// One MLA decode attention, all in device memory.
-struct MlaProblem {
-  const float* q;
-  int64_t tokens, heads, width, lora;
-  const uint16_t* cache;
-  int64_t block_rows;
-  const int32_t* tables;
-  int64_t max_blocks;
-  const int32_t* lengths;
-  int64_t max_len;
-  float scale;
-  float* scores;  // [tokens][heads][max_len] scratch
-  float* out;     // [tokens][heads][lora]
-};
-
-// Queues the three kernels on `stream`.
-absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) {
-  const unsigned tokens = static_cast<unsigned>(p.tokens);
-  const unsigned head_tiles = static_cast<unsigned>((p.heads + kHeadTile - 1) / kHeadTile);
-  const size_t query_bytes = sizeof(float) * kHeadTile * p.width;
-  if (query_bytes > 48 * 1024) {  // Above the default limit the kernel must opt in.
-    if (absl::Status s =
-            Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(query_bytes)),
-                  "MlaScores shared memory");
-        !s.ok()) {
-      return s;
-    }
-  }
-  MlaScoresKernel<<<dim3(tokens, head_tiles,
-                         static_cast<unsigned>((p.max_len + kScoreRows - 1) / kScoreRows)),
-                    kThreads, query_bytes, stream>>>(p.q, p.heads, p.width, p.cache, p.block_rows,
-                                                     p.tables, p.max_blocks, p.lengths, p.scale,
-                                                     p.max_len, p.scores);
-  if (absl::Status s = Check(cudaGetLastError(), "MlaScores"); !s.ok()) return s;
-  MlaSoftmaxKernel<<<dim3(tokens, static_cast<unsigned>(p.heads)), kThreads, 0, stream>>>(
-      p.scores, p.heads, p.lengths, p.max_len);
-  if (absl::Status s = Check(cudaGetLastError(), "MlaSoftmax"); !s.ok()) return s;
-  MlaSumsKernel<<<dim3(tokens, head_tiles,
-                       static_cast<unsigned>((p.lora + kSumColumns - 1) / kSumColumns)),
-                  kThreads, 0, stream>>>(p.scores, p.heads, p.width, p.lora, p.cache, p.block_rows,
-                                         p.tables, p.max_blocks, p.lengths, p.max_len, p.out);
-  return Check(cudaGetLastError(), "MlaSums");
-}
 
 // Copies `count` elements to a new device buffer.
 template <typename T>
@@ -309,8 +62,11 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
   if (!dw.ok()) return dw.status();
   DeviceBuffer dout(sizeof(float) * rows * n);
   if (!dout.status().ok()) return dout.status();
-  RmsNormKernel<<<rows, 256, 0, stream.get()>>>((*dx)->get<float>(), (*dw)->get<float>(), n, eps,
-                                                dout.get<float>());
+  if (absl::Status s = LaunchRmsNorm((*dx)->get<float>(), n, (*dw)->get<float>(), rows, n, eps,
+                                     dout.get<float>(), n, stream.get());
+      !s.ok()) {
+    return s;
+  }
   return FinishLaunch("RmsNorm", out, dout.get<float>(), rows * n, stream.get());
 }
 
@@ -324,11 +80,12 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
   if (!dw.ok()) return dw.status();
   DeviceBuffer dy(sizeof(float) * m * rows);
   if (!dy.status().ok()) return dy.status();
-  const int64_t threads = m * rows * 32;
-  const int block = 256;
-  MatMulBf16Kernel<<<static_cast<unsigned>((threads + block - 1) / block), block, 0,
-                     stream.get()>>>((*dx)->get<float>(), (*dw)->get<uint16_t>(), m, rows, cols,
-                                     dy.get<float>());
+  const DeviceMatrix matrix{(*dw)->get<uint16_t>(), true, rows, cols};
+  if (absl::Status s =
+          LaunchMatMul((*dx)->get<float>(), cols, m, matrix, dy.get<float>(), rows, stream.get());
+      !s.ok()) {
+    return s;
+  }
   return FinishLaunch("MatMulBf16", y, dy.get<float>(), m * rows, stream.get());
 }
 
@@ -342,9 +99,11 @@ absl::Status RopeInterleaved(float* x, int64_t rows, int64_t dim, const float* c
   if (!dc.ok()) return dc.status();
   auto ds = Upload(sin, dim / 2, stream.get());
   if (!ds.ok()) return ds.status();
-  const int64_t pairs = rows * (dim / 2);
-  RopeKernel<<<static_cast<unsigned>((pairs + 255) / 256), 256, 0, stream.get()>>>(
-      (*dx)->get<float>(), rows, dim, (*dc)->get<float>(), (*ds)->get<float>());
+  if (absl::Status s = LaunchRopeTable((*dx)->get<float>(), rows, dim, (*dc)->get<float>(),
+                                       (*ds)->get<float>(), stream.get());
+      !s.ok()) {
+    return s;
+  }
   return FinishLaunch("Rope", x, (*dx)->get<float>(), rows * dim, stream.get());
 }
 

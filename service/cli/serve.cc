@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "engine/devices.h"
 #include "engine/engine_loop.h"
 #include "engine/kernels.h"
 #include "engine/tokenizer.h"
@@ -39,6 +40,7 @@ struct ServeFlags {
   double drain_timeout_s = 30;
   bool f32_weights = false;
   std::string activations = "fp32";
+  std::string device = "cpu";
   std::string secret, secret_file;
   int64_t data_port = 0;
   std::string advertise_host;
@@ -124,6 +126,9 @@ int RunModelProcess(ProcessRole role, const Args& args) {
                "weight products and use the CPU's BF16 dot products (AVX512_BF16), about 2x "
                "faster prefill and batched decode; fp32 where the CPU lacks them. Prefill and "
                "decode workers must agree");
+  flags.String("device", &f.device,
+               "where the model runs: cpu, or cuda / cuda:N where this build has the CUDA "
+               "backend (BF16 KV cache on the GPU)");
   if (role != ProcessRole::kServe) {
     flags.String("secret", &f.secret, "the deployment's shared secret for worker-to-worker calls");
     flags.String("secret-file", &f.secret_file, "read the shared secret from this file");
@@ -166,7 +171,9 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   } else if (f.activations != "fp32") {
     return Fail(absl::StrCat("--activations: \"", f.activations, "\" is not fp32 or bf16"));
   }
-  auto model = DeepseekModel::Load(f.model, load);
+  auto backend = CreateBackend(f.device, CpuBackendOptions{load.precision});
+  if (!backend.ok()) return Fail(std::string(backend.status().message()));
+  auto model = DeepseekModel::Load(f.model, load, *std::move(backend));
   if (!model.ok()) return Fail(std::string(model.status().message()));
   std::unique_ptr<Tokenizer> tokenizer;
   if (auto t = Tokenizer::Load(f.model); t.ok()) {

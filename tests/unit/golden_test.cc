@@ -2,6 +2,8 @@
 // greedy tokens identical and fp32 logits within 1e-3 of `fp32/absorb` at
 // every prompt position and decode step; chunked prefill, decoding through
 // the cache and batching must not change the logits.
+#include "tests/support/golden.h"
+
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -15,67 +17,18 @@
 namespace baton {
 namespace {
 
+using golden::Argmax;
+using golden::CaseDir;
+using golden::Golden;
+using golden::GoldenCase;
+using golden::LoadGolden;
+using golden::MaxAbsDiff;
+
 constexpr float kGoldenTolerance = 1e-3f;
 // BF16 activations and KV cache round every product input to 8 bits of
 // mantissa: measured up to 0.063 on tiny-a (BF16 weights), 0.11 on its FP8
 // checkpoint, 0.013 with fp32 weights (where only the cache is BF16).
 constexpr float kBf16Tolerance = 0.2f;
-
-struct GoldenCase {
-  std::string name;     // Directory under tests/data/golden.
-  std::string weights;  // Subdirectory holding the checkpoint ("" or "fp32").
-};
-
-std::string CaseDir(const GoldenCase& c) {
-  return std::string(BATON_TEST_DATA) + "/golden/" + c.name;
-}
-
-struct Golden {
-  std::vector<int32_t> input_ids, fed_tokens, greedy_tokens;
-  std::vector<float> prefill_all, prefill_last, decode;  // fp32/absorb
-};
-
-std::vector<int32_t> ReadIds(const SafetensorsFile& f, const std::string& name) {
-  const TensorView& v = f.tensors().at(name);
-  std::vector<int32_t> out(v.num_elements());
-  for (size_t i = 0; i < out.size(); ++i) {
-    int64_t x;
-    std::memcpy(&x, v.data + 8 * i, 8);
-    out[i] = static_cast<int32_t>(x);
-  }
-  return out;
-}
-
-std::vector<float> ReadFloats(const SafetensorsFile& f, const std::string& name) {
-  const TensorView& v = f.tensors().at(name);
-  std::vector<float> out(v.num_elements());
-  std::memcpy(out.data(), v.data, v.num_bytes);
-  return out;
-}
-
-Golden LoadGolden(const GoldenCase& c) {
-  auto file = SafetensorsFile::Open(CaseDir(c) + "/golden.safetensors");
-  Golden g;
-  if (!file.ok()) {
-    ADD_FAILURE() << file.status();
-    return g;
-  }
-  g.input_ids = ReadIds(**file, "input_ids");
-  g.fed_tokens = ReadIds(**file, "fed_tokens");
-  g.greedy_tokens = ReadIds(**file, "greedy_tokens");
-  g.prefill_all = ReadFloats(**file, "fp32.absorb.prefill_all_logits");
-  g.prefill_last = ReadFloats(**file, "fp32.absorb.prefill_last_logits");
-  g.decode = ReadFloats(**file, "fp32.absorb.decode_logits");
-  return g;
-}
-
-float MaxAbsDiff(const float* a, const float* b, size_t n) {
-  float m = 0.f;
-  for (size_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
-
-int Argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, x + n) - x); }
 
 class GoldenTest : public ::testing::TestWithParam<GoldenCase> {
  protected:

@@ -1,0 +1,441 @@
+#include <algorithm>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_ops.h"
+#include "engine/cuda/device_ops.h"
+#include "engine/rope.h"
+#include "engine/status_macros.h"
+
+namespace baton::cuda {
+namespace {
+
+// Host to device, into `buffer` (grown as needed), queued on `s`. The host
+// memory may be reused on return.
+template <typename T>
+absl::Status Upload(const T* host, size_t count, DeviceBuffer& buffer, cudaStream_t s) {
+  BATON_RETURN_IF_ERROR(buffer.Resize(sizeof(T) * count));
+  if (count == 0) return absl::OkStatus();
+  return Check(
+      cudaMemcpyAsync(buffer.get<void>(), host, sizeof(T) * count, cudaMemcpyHostToDevice, s),
+      "upload");
+}
+
+// Device to host, waiting until the bytes are there.
+absl::Status Download(const void* device, size_t bytes, void* host, cudaStream_t s) {
+  if (bytes > 0) {
+    BATON_RETURN_IF_ERROR(
+        Check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, s), "download"));
+  }
+  return Check(cudaStreamSynchronize(s), "synchronize");
+}
+
+// A KV cache's rows in device memory. Copies to and from the host (the
+// disaggregated handoff) run on the memory's own stream, one at a time, and
+// are complete when they return.
+class CudaKvMemory : public KvMemory {
+ public:
+  CudaKvMemory(int device, size_t bytes) : device_(device) { status_.Update(Init(bytes)); }
+  const absl::Status& status() const { return status_; }
+  uint8_t* host_data() override { return nullptr; }
+  uint8_t* device_data() { return data_.get<uint8_t>(); }
+
+  absl::Status ReadRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                        void* out) const override {
+    absl::MutexLock lock(&mu_);
+    BATON_RETURN_IF_ERROR(Check(cudaSetDevice(device_), "cudaSetDevice"));
+    const int64_t rows = static_cast<int64_t>(offsets.size());
+    BATON_RETURN_IF_ERROR(Upload(offsets.data(), offsets.size(), offsets_, stream_->get()));
+    BATON_RETURN_IF_ERROR(staging_.Resize(rows * row_bytes));
+    BATON_RETURN_IF_ERROR(LaunchGatherBytes(data_.get<uint8_t>(), offsets_.get<int64_t>(), rows,
+                                            row_bytes, staging_.get<uint8_t>(), stream_->get()));
+    return Download(staging_.get<void>(), rows * row_bytes, out, stream_->get());
+  }
+
+  absl::Status WriteRows(const std::vector<int64_t>& offsets, int64_t row_bytes,
+                         const void* in) override {
+    absl::MutexLock lock(&mu_);
+    BATON_RETURN_IF_ERROR(Check(cudaSetDevice(device_), "cudaSetDevice"));
+    const int64_t rows = static_cast<int64_t>(offsets.size());
+    BATON_RETURN_IF_ERROR(Upload(offsets.data(), offsets.size(), offsets_, stream_->get()));
+    BATON_RETURN_IF_ERROR(
+        Upload(static_cast<const uint8_t*>(in), rows * row_bytes, staging_, stream_->get()));
+    BATON_RETURN_IF_ERROR(LaunchScatterBytes(staging_.get<uint8_t>(), offsets_.get<int64_t>(), rows,
+                                             row_bytes, data_.get<uint8_t>(), stream_->get()));
+    return Check(cudaStreamSynchronize(stream_->get()), "synchronize");
+  }
+
+ private:
+  absl::Status Init(size_t bytes) {
+    BATON_RETURN_IF_ERROR(Check(cudaSetDevice(device_), "cudaSetDevice"));
+    BATON_RETURN_IF_ERROR(data_.Resize(bytes));
+    BATON_RETURN_IF_ERROR(Check(cudaMemset(data_.get<void>(), 0, bytes), "cudaMemset"));
+    stream_ = std::make_unique<Stream>();  // On this device.
+    return stream_->status();
+  }
+
+  const int device_;
+  DeviceBuffer data_;
+  absl::Status status_;
+  mutable absl::Mutex mu_;
+  // Guarded by mu_.
+  std::unique_ptr<Stream> stream_;
+  mutable DeviceBuffer offsets_, staging_;
+};
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {}
+
+  absl::Status Init() {
+    BATON_RETURN_IF_ERROR(Check(cudaSetDevice(device_), "cudaSetDevice"));
+    stream_ = std::make_unique<Stream>();
+    return stream_->status();
+  }
+
+  std::string name() const override { return absl::StrCat("cuda:", device_); }
+  // fp32 activations against BF16 (or F32) weights, fp32 accumulation.
+  kernels::Precision precision() const override { return kernels::Precision::kF32; }
+  DType kv_dtype() const override { return DType::kBF16; }
+
+  absl::Status Prepare(const ModelConfig& config, ModelWeights& weights) override {
+    BATON_RETURN_IF_ERROR(SetDevice());
+    config_ = config;
+    cos_sin_scale_ = RopeCosSinScale(config_);
+    softmax_scale_ = static_cast<float>(config_.softmax_scale());
+    const std::vector<float> inv_freq = RopeInvFreq(config_);
+    BATON_RETURN_IF_ERROR(Upload(inv_freq.data(), inv_freq.size(), inv_freq_, s()));
+    BATON_RETURN_IF_ERROR(Put(weights.embed));
+    embed_host_ = &weights.embed;
+    BATON_RETURN_IF_ERROR(Put(weights.final_norm));
+    if (!weights.lm_head.empty()) BATON_RETURN_IF_ERROR(Put(weights.lm_head));
+    for (LayerWeights& layer : weights.layers) {
+      BATON_RETURN_IF_ERROR(Put(layer.input_norm));
+      BATON_RETURN_IF_ERROR(Put(layer.post_attention_norm));
+      AttentionWeights& a = layer.attn;
+      for (Matrix* m : {&a.q_a, &a.q_b, &a.kv_a, &a.k_up_t, &a.v_up, &a.o}) {
+        if (!m->empty()) BATON_RETURN_IF_ERROR(Put(*m));
+      }
+      if (!a.q_a.empty()) BATON_RETURN_IF_ERROR(Put(a.q_a_norm));
+      BATON_RETURN_IF_ERROR(Put(a.kv_a_norm));
+      auto put_mlp = [&](MlpWeights& mlp) -> absl::Status {
+        if (mlp.inter == 0) return absl::OkStatus();
+        BATON_RETURN_IF_ERROR(Put(mlp.gate_up));
+        return Put(mlp.down);
+      };
+      if (layer.is_moe) {
+        BATON_RETURN_IF_ERROR(Put(layer.moe.router));
+        BATON_RETURN_IF_ERROR(put_mlp(layer.moe.shared));
+        for (MlpWeights& e : layer.moe.experts) BATON_RETURN_IF_ERROR(put_mlp(e));
+      } else {
+        BATON_RETURN_IF_ERROR(put_mlp(layer.dense));
+      }
+    }
+    return Check(cudaStreamSynchronize(s()), "weights upload");
+  }
+
+  absl::StatusOr<std::unique_ptr<KvMemory>> AllocateKv(size_t bytes) override {
+    auto memory = std::make_unique<CudaKvMemory>(device_, bytes);
+    if (!memory->status().ok()) {
+      return absl::ResourceExhaustedError(absl::StrCat("KV cache of ", bytes, " bytes on ", name(),
+                                                       ": ", memory->status().message()));
+    }
+    return memory;
+  }
+
+  absl::Status Begin(const ForwardTokens& tokens, ThreadPool&) override {
+    BATON_RETURN_IF_ERROR(SetDevice());
+    tokens_ = &tokens;
+    attention_ready_ = false;
+    const int64_t T = tokens.count(), hidden = config_.hidden_size;
+    for (DeviceBuffer* b : {&x_, &xn_, &out_}) BATON_RETURN_IF_ERROR(b->Resize(4 * T * hidden));
+    BATON_RETURN_IF_ERROR(Upload(tokens.ids.data(), T, ids_, s()));
+    BATON_RETURN_IF_ERROR(Upload(tokens.positions.data(), T, positions_, s()));
+    return LaunchEmbed(M(*embed_host_), ids_.get<int32_t>(), T, x_.get<float>(), s());
+  }
+
+  absl::Status Norm(const Vector& weight) override {
+    const int64_t hidden = config_.hidden_size;
+    return LaunchRmsNorm(x_.get<float>(), hidden, V(weight), tokens_->count(), hidden,
+                         config_.rms_norm_eps, xn_.get<float>(), hidden, s());
+  }
+
+  absl::Status Attention(int layer, const AttentionWeights& a, KvCache& cache,
+                         const LayerKvHook* on_layer_kv) override {
+    auto* memory = dynamic_cast<CudaKvMemory*>(&cache.memory());
+    if (memory == nullptr || cache.dtype() != DType::kBF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name(), " attends over a BF16 KV cache in its own device memory"));
+    }
+    const ModelConfig& c = config_;
+    const int64_t T = tokens_->count(), hidden = c.hidden_size, heads = c.num_attention_heads;
+    const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, lora = c.kv_lora_rank;
+    const int64_t qk = nope + rope, width = lora + rope, vdim = c.v_head_dim, qr = c.q_lora_rank;
+    if (!attention_ready_) BATON_RETURN_IF_ERROR(PrepareAttention(cache));
+    BATON_RETURN_IF_ERROR(q_.Resize(4 * T * heads * qk));
+    BATON_RETURN_IF_ERROR(kv_.Resize(4 * T * width));
+    BATON_RETURN_IF_ERROR(q_full_.Resize(4 * T * heads * width));
+    BATON_RETURN_IF_ERROR(o_latent_.Resize(4 * T * heads * lora));
+    BATON_RETURN_IF_ERROR(attn_v_.Resize(4 * T * heads * vdim));
+    float* q = q_.get<float>();
+    float* kv = kv_.get<float>();
+    float* q_full = q_full_.get<float>();
+
+    // Queries (through the compressed q when q_lora_rank is set) and the
+    // compressed KV.
+    if (qr > 0) {
+      BATON_RETURN_IF_ERROR(q_a_.Resize(4 * T * qr));
+      float* q_a = q_a_.get<float>();
+      BATON_RETURN_IF_ERROR(LaunchMatMul(xn_.get<float>(), hidden, T, M(a.q_a), q_a, qr, s()));
+      BATON_RETURN_IF_ERROR(
+          LaunchRmsNorm(q_a, qr, V(a.q_a_norm), T, qr, c.rms_norm_eps, q_a, qr, s()));
+      BATON_RETURN_IF_ERROR(LaunchMatMul(q_a, qr, T, M(a.q_b), q, heads * qk, s()));
+    } else {
+      BATON_RETURN_IF_ERROR(
+          LaunchMatMul(xn_.get<float>(), hidden, T, M(a.q_b), q, heads * qk, s()));
+    }
+    BATON_RETURN_IF_ERROR(LaunchMatMul(xn_.get<float>(), hidden, T, M(a.kv_a), kv, width, s()));
+
+    // The normalized latent and the roped key, into the cache.
+    BATON_RETURN_IF_ERROR(
+        LaunchRmsNorm(kv, width, V(a.kv_a_norm), T, lora, c.rms_norm_eps, kv, width, s()));
+    BATON_RETURN_IF_ERROR(LaunchRope(kv + lora, T, width, 1, 0, rope, positions_.get<int64_t>(),
+                                     inv_freq_.get<float>(), cos_sin_scale_, s()));
+    const int64_t layer_elements =
+        static_cast<int64_t>(layer) * cache.num_blocks() * cache.block_size() * width;
+    uint16_t* cache_layer = reinterpret_cast<uint16_t*>(memory->device_data()) + layer_elements;
+    BATON_RETURN_IF_ERROR(
+        LaunchWriteCache(kv, T, width, row_at_.get<int64_t>(), true, cache_layer, s()));
+    if (on_layer_kv != nullptr) {
+      BATON_RETURN_IF_ERROR(Check(cudaStreamSynchronize(s()), "synchronize"));
+      BATON_RETURN_IF_ERROR((*on_layer_kv)(layer));
+    }
+
+    // Absorbed queries: the roped part, and q_nope through W_uk per head.
+    BATON_RETURN_IF_ERROR(LaunchCopyRows(q + nope, qk, T * heads, rope, q_full + lora, width, s()));
+    BATON_RETURN_IF_ERROR(LaunchRope(q_full + lora, T, heads * width, heads, width, rope,
+                                     positions_.get<int64_t>(), inv_freq_.get<float>(),
+                                     cos_sin_scale_, s()));
+    DeviceMatrix k_up = M(a.k_up_t);
+    k_up.rows = lora;  // One head's slice; the batch steps through the heads.
+    BATON_RETURN_IF_ERROR(LaunchMatMul(q, heads * qk, T, k_up, q_full, heads * width, s(), heads,
+                                       qk, lora * nope, width));
+
+    // Attention over the cache, in slices of tokens whose scores fit the
+    // scratch budget.
+    const int64_t per_token = heads * max_len_ * 4;
+    const int64_t slice = std::max<int64_t>(1, kScoresBudget / per_token);
+    BATON_RETURN_IF_ERROR(scores_.Resize(std::min(slice, T) * per_token));
+    for (int64_t t0 = 0; t0 < T; t0 += slice) {
+      const int64_t n = std::min(slice, T - t0);
+      const MlaProblem problem{q_full + t0 * heads * width,
+                               n,
+                               heads,
+                               width,
+                               lora,
+                               cache_layer,
+                               cache.block_size(),
+                               tables_.get<int32_t>() + t0 * max_blocks_,
+                               max_blocks_,
+                               lengths_.get<int32_t>() + t0,
+                               max_len_,
+                               softmax_scale_,
+                               scores_.get<float>(),
+                               o_latent_.get<float>() + t0 * heads * lora};
+      BATON_RETURN_IF_ERROR(LaunchMlaDecodeAttention(problem, s()));
+    }
+
+    // Back to values per head, then the output projection.
+    DeviceMatrix v_up = M(a.v_up);
+    v_up.rows = vdim;
+    BATON_RETURN_IF_ERROR(LaunchMatMul(o_latent_.get<float>(), heads * lora, T, v_up,
+                                       attn_v_.get<float>(), heads * vdim, s(), heads, lora,
+                                       vdim * lora, vdim));
+    return LaunchMatMul(attn_v_.get<float>(), heads * vdim, T, M(a.o), out_.get<float>(), hidden,
+                        s());
+  }
+
+  absl::Status Mlp(const MlpWeights& mlp) override {
+    return RunMlp(mlp, xn_.get<float>(), tokens_->count(), out_.get<float>());
+  }
+
+  absl::Status RouterLogits(const Matrix& router, std::vector<float>* logits) override {
+    const int64_t T = tokens_->count();
+    BATON_RETURN_IF_ERROR(router_.Resize(4 * T * router.rows));
+    BATON_RETURN_IF_ERROR(LaunchMatMul(xn_.get<float>(), config_.hidden_size, T, M(router),
+                                       router_.get<float>(), router.rows, s()));
+    logits->resize(T * router.rows);
+    return Download(router_.get<void>(), 4 * T * router.rows, logits->data(), s());
+  }
+
+  absl::Status Experts(const MoeWeights& moe, const ExpertRouting& routing) override {
+    const int64_t T = tokens_->count(), hidden = config_.hidden_size;
+    const int64_t experts = static_cast<int64_t>(routing.first.size()) - 1;
+    const int64_t rows = routing.first[experts];
+    // Each token's routed rows, in expert order: the order of its sum.
+    std::vector<int64_t> token_first(T + 1, 0), token_rows(rows);
+    std::vector<float> token_weight(rows);
+    for (int64_t r = 0; r < rows; ++r) ++token_first[routing.token[r] + 1];
+    for (int64_t t = 0; t < T; ++t) token_first[t + 1] += token_first[t];
+    std::vector<int64_t> next(token_first.begin(), token_first.end() - 1);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t at = next[routing.token[r]]++;
+      token_rows[at] = r;
+      token_weight[at] = routing.weight[r];
+    }
+    BATON_RETURN_IF_ERROR(Upload(routing.token.data(), rows, expert_token_, s()));
+    BATON_RETURN_IF_ERROR(Upload(token_first.data(), T + 1, token_first_, s()));
+    BATON_RETURN_IF_ERROR(Upload(token_rows.data(), rows, token_rows_, s()));
+    BATON_RETURN_IF_ERROR(Upload(token_weight.data(), rows, token_weight_, s()));
+    BATON_RETURN_IF_ERROR(expert_in_.Resize(4 * std::max<int64_t>(rows, 1) * hidden));
+    BATON_RETURN_IF_ERROR(expert_out_.Resize(4 * std::max<int64_t>(rows, 1) * hidden));
+    BATON_RETURN_IF_ERROR(LaunchGatherRows(xn_.get<float>(), expert_token_.get<int64_t>(), rows,
+                                           hidden, expert_in_.get<float>(), s()));
+    float* out = out_.get<float>();
+    if (moe.shared.inter > 0) {
+      BATON_RETURN_IF_ERROR(RunMlp(moe.shared, xn_.get<float>(), T, out));
+    } else {
+      BATON_RETURN_IF_ERROR(Check(cudaMemsetAsync(out, 0, 4 * T * hidden, s()), "memset"));
+    }
+    for (int64_t e = 0; e < experts; ++e) {
+      const int64_t first = routing.first[e], count = routing.first[e + 1] - first;
+      if (count == 0) continue;
+      BATON_RETURN_IF_ERROR(RunMlp(moe.experts[e], expert_in_.get<float>() + first * hidden, count,
+                                   expert_out_.get<float>() + first * hidden));
+    }
+    return LaunchCombineRows(expert_out_.get<float>(), token_first_.get<int64_t>(),
+                             token_rows_.get<int64_t>(), token_weight_.get<float>(), T, hidden, out,
+                             s());
+  }
+
+  absl::Status AddOut() override {
+    return LaunchAdd(x_.get<float>(), out_.get<float>(), tokens_->count() * config_.hidden_size,
+                     s());
+  }
+
+  absl::Status Logits(const std::vector<int64_t>& rows, const Vector& final_norm,
+                      const Matrix& head, std::vector<float>* logits) override {
+    const int64_t n = static_cast<int64_t>(rows.size()), hidden = config_.hidden_size;
+    logits->resize(n * head.rows);
+    if (n == 0) return Check(cudaStreamSynchronize(s()), "synchronize");
+    BATON_RETURN_IF_ERROR(Upload(rows.data(), n, logit_rows_, s()));
+    BATON_RETURN_IF_ERROR(head_in_.Resize(4 * n * hidden));
+    BATON_RETURN_IF_ERROR(head_out_.Resize(4 * n * head.rows));
+    float* in = head_in_.get<float>();
+    BATON_RETURN_IF_ERROR(
+        LaunchGatherRows(x_.get<float>(), logit_rows_.get<int64_t>(), n, hidden, in, s()));
+    BATON_RETURN_IF_ERROR(
+        LaunchRmsNorm(in, hidden, V(final_norm), n, hidden, config_.rms_norm_eps, in, hidden, s()));
+    BATON_RETURN_IF_ERROR(
+        LaunchMatMul(in, hidden, n, M(head), head_out_.get<float>(), head.rows, s()));
+    return Download(head_out_.get<void>(), 4 * n * head.rows, logits->data(), s());
+  }
+
+ private:
+  // Scratch for attention scores: tokens are attended in slices within it.
+  static constexpr int64_t kScoresBudget = int64_t{256} << 20;
+
+  cudaStream_t s() const { return stream_->get(); }
+  absl::Status SetDevice() const { return Check(cudaSetDevice(device_), "cudaSetDevice"); }
+
+  // Uploads a matrix (row-major) or a vector, remembered by its address.
+  absl::Status Put(const Matrix& m) {
+    if (m.panels) return absl::InternalError("the CUDA backend needs row-major weights");
+    auto buffer = std::make_unique<DeviceBuffer>();
+    BATON_RETURN_IF_ERROR(Upload(m.storage.data(), m.bytes(), *buffer, s()));
+    matrices_[&m] = DeviceMatrix{buffer->get<void>(), m.dtype == DType::kBF16, m.rows, m.cols};
+    weights_.push_back(std::move(buffer));
+    return absl::OkStatus();
+  }
+  absl::Status Put(const Vector& v) {
+    auto buffer = std::make_unique<DeviceBuffer>();
+    BATON_RETURN_IF_ERROR(Upload(v.data(), v.size, *buffer, s()));
+    vectors_[&v] = buffer->get<float>();
+    weights_.push_back(std::move(buffer));
+    return absl::OkStatus();
+  }
+  const DeviceMatrix& M(const Matrix& m) const { return matrices_.at(&m); }
+  const float* V(const Vector& v) const { return vectors_.at(&v); }
+
+  // Per pass, from the tokens and the cache's block tables: where each
+  // token's row goes in a layer, and each token's context for attention.
+  absl::Status PrepareAttention(const KvCache& cache) {
+    const ForwardTokens& tokens = *tokens_;
+    const int64_t T = tokens.count(), block = cache.block_size();
+    std::vector<int64_t> row_at(T);
+    std::vector<int32_t> lengths(T);
+    max_len_ = 1;
+    max_blocks_ = 1;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t pos = tokens.positions[t];
+      row_at[t] = (*tokens.tables[t])[pos / block] * block + pos % block;
+      lengths[t] = static_cast<int32_t>(pos + 1);
+      max_len_ = std::max<int64_t>(max_len_, pos + 1);
+      max_blocks_ = std::max<int64_t>(max_blocks_, (pos + block) / block);
+    }
+    std::vector<int32_t> tables(T * max_blocks_, 0);
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<int32_t>& table = *tokens.tables[t];
+      const int64_t used = std::min<int64_t>(static_cast<int64_t>(table.size()), max_blocks_);
+      std::copy_n(table.begin(), used, tables.begin() + t * max_blocks_);
+    }
+    BATON_RETURN_IF_ERROR(Upload(row_at.data(), T, row_at_, s()));
+    BATON_RETURN_IF_ERROR(Upload(lengths.data(), T, lengths_, s()));
+    BATON_RETURN_IF_ERROR(Upload(tables.data(), tables.size(), tables_, s()));
+    attention_ready_ = true;
+    return absl::OkStatus();
+  }
+
+  // out[rows] = SwiGLU MLP of x[rows].
+  absl::Status RunMlp(const MlpWeights& mlp, const float* x, int64_t rows, float* out) {
+    const int64_t hidden = config_.hidden_size, inter = mlp.inter;
+    BATON_RETURN_IF_ERROR(mlp_hidden_.Resize(4 * rows * 2 * inter));
+    float* h = mlp_hidden_.get<float>();
+    BATON_RETURN_IF_ERROR(LaunchMatMul(x, hidden, rows, M(mlp.gate_up), h, 2 * inter, s()));
+    BATON_RETURN_IF_ERROR(LaunchSiluMul(h, rows, inter, s()));
+    return LaunchMatMul(h, 2 * inter, rows, M(mlp.down), out, hidden, s());
+  }
+
+  const int device_;
+  std::unique_ptr<Stream> stream_;
+  ModelConfig config_;
+  float cos_sin_scale_ = 1.f, softmax_scale_ = 1.f;
+  DeviceBuffer inv_freq_;
+  std::vector<std::unique_ptr<DeviceBuffer>> weights_;
+  std::unordered_map<const Matrix*, DeviceMatrix> matrices_;
+  std::unordered_map<const Vector*, const float*> vectors_;
+  const Matrix* embed_host_ = nullptr;
+
+  // The running pass.
+  const ForwardTokens* tokens_ = nullptr;
+  bool attention_ready_ = false;
+  int64_t max_len_ = 1, max_blocks_ = 1;
+  DeviceBuffer ids_, positions_, row_at_, lengths_, tables_;
+  DeviceBuffer x_, xn_, out_;
+  DeviceBuffer q_a_, q_, kv_, q_full_, o_latent_, attn_v_, scores_;
+  DeviceBuffer mlp_hidden_, router_, expert_in_, expert_out_;
+  DeviceBuffer expert_token_, token_first_, token_rows_, token_weight_;
+  DeviceBuffer logit_rows_, head_in_, head_out_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> NewCudaBackend(int ordinal) {
+  std::string why;
+  const int count = DeviceCount(&why);
+  if (ordinal >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device cuda:", ordinal, ": ",
+                     count == 0 ? absl::StrCat("no usable CUDA device (", why, ")")
+                                : absl::StrCat("this machine has ", count, " CUDA device(s)")));
+  }
+  auto backend = std::make_unique<CudaBackend>(ordinal);
+  BATON_RETURN_IF_ERROR(backend->Init());
+  return backend;
+}
+
+}  // namespace baton::cuda

@@ -1,0 +1,535 @@
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "engine/cuda/device_ops.h"
+
+namespace baton::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned Blocks(int64_t items, int per_block = kThreads) {
+  return static_cast<unsigned>((items + per_block - 1) / per_block);
+}
+
+__device__ float Bf16ToFloat(uint16_t v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+
+// Round to nearest even, as the CPU's FloatToBf16 (NaN kept a NaN).
+__device__ uint16_t FloatToBf16(float f) {
+  const uint32_t bits = __float_as_uint(f);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  return static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+template <typename W>
+__device__ float Load(const W* w, int64_t i);
+template <>
+__device__ float Load<float>(const float* w, int64_t i) {
+  return w[i];
+}
+template <>
+__device__ float Load<uint16_t>(const uint16_t* w, int64_t i) {
+  return Bf16ToFloat(w[i]);
+}
+
+// One block per row; the block reduces the sum of squares in shared memory.
+__global__ void RmsNormKernel(const float* x, int64_t x_stride, const float* w, int64_t n,
+                              float eps, float* out, int64_t out_stride) {
+  const float* row = x + blockIdx.x * x_stride;
+  float* dst = out + blockIdx.x * out_stride;
+  __shared__ float partial[kThreads];
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += row[i] * row[i];
+  partial[threadIdx.x] = sum;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const float scale = rsqrtf(partial[0] / static_cast<float>(n) + eps);
+  // Every thread has read `scale` before any writes (out may be x).
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row[i] * scale * w[i];
+}
+
+// Decode-shaped products (m <= kGemvTokens): one warp per weight row, which
+// it reads once for all m tokens; lanes stride the columns.
+constexpr int kGemvTokens = 8;
+template <typename W>
+__global__ void GemvKernel(const float* x, int64_t ldx, int64_t m, const W* w, int64_t rows,
+                           int64_t cols, float* y, int64_t ldy, int64_t stride_x, int64_t stride_w,
+                           int64_t stride_y) {
+  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (j >= rows) return;
+  x += blockIdx.z * stride_x;
+  w += blockIdx.z * stride_w;
+  y += blockIdx.z * stride_y;
+  const W* wj = w + j * cols;
+  float sum[kGemvTokens];
+  for (int i = 0; i < kGemvTokens; ++i) sum[i] = 0.f;
+  for (int64_t c = lane; c < cols; c += 32) {
+    const float v = Load(wj, c);
+    for (int i = 0; i < kGemvTokens; ++i) {
+      if (i < m) sum[i] += x[i * ldx + c] * v;
+    }
+  }
+  for (int i = 0; i < kGemvTokens; ++i) {
+    if (i >= m) break;
+    float s = sum[i];
+    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
+    if (lane == 0) y[i * ldy + j] = s;
+  }
+}
+
+// Prefill-shaped products: 64 x 64 output tiles, 256 threads computing 4 x 4
+// each, the inputs staged through shared memory 16 columns at a time.
+constexpr int kTile = 64, kTileK = 16;
+template <typename W>
+__global__ void GemmKernel(const float* x, int64_t ldx, int64_t m, const W* w, int64_t rows,
+                           int64_t cols, float* y, int64_t ldy, int64_t stride_x, int64_t stride_w,
+                           int64_t stride_y) {
+  __shared__ float xs[kTileK][kTile + 1];
+  __shared__ float ws[kTileK][kTile + 1];
+  x += blockIdx.z * stride_x;
+  w += blockIdx.z * stride_w;
+  y += blockIdx.z * stride_y;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < cols; k0 += kTileK) {
+    for (int e = threadIdx.x; e < kTile * kTileK; e += blockDim.x) {
+      const int r = e / kTileK, k = e % kTileK;
+      const int64_t c = k0 + k;
+      xs[k][r] = (i0 + r < m && c < cols) ? x[(i0 + r) * ldx + c] : 0.f;
+      ws[k][r] = (j0 + r < rows && c < cols) ? Load(w, (j0 + r) * cols + c) : 0.f;
+    }
+    __syncthreads();
+    for (int k = 0; k < kTileK; ++k) {
+      float a[4], b[4];
+      for (int u = 0; u < 4; ++u) a[u] = xs[k][ty * 4 + u];
+      for (int v = 0; v < 4; ++v) b[v] = ws[k][tx * 4 + v];
+      for (int u = 0; u < 4; ++u) {
+        for (int v = 0; v < 4; ++v) acc[u][v] += a[u] * b[v];
+      }
+    }
+    __syncthreads();
+  }
+  for (int u = 0; u < 4; ++u) {
+    const int64_t i = i0 + ty * 4 + u;
+    if (i >= m) continue;
+    for (int v = 0; v < 4; ++v) {
+      const int64_t j = j0 + tx * 4 + v;
+      if (j < rows) y[i * ldy + j] = acc[u][v];
+    }
+  }
+}
+
+__global__ void RopeKernel(float* x, int64_t tokens, int64_t token_stride, int64_t per_token,
+                           int64_t vector_stride, int64_t dim, const int64_t* positions,
+                           const float* inv_freq, float scale) {
+  const int64_t half = dim / 2;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= tokens * per_token * half) return;
+  const int64_t i = idx % half, v = (idx / half) % per_token, t = idx / half / per_token;
+  const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+  const float c = cosf(angle) * scale, s = sinf(angle) * scale;
+  float* p = x + t * token_stride + v * vector_stride;
+  const float a = p[2 * i], b = p[2 * i + 1];
+  p[2 * i] = a * c - b * s;
+  p[2 * i + 1] = a * s + b * c;
+}
+
+__global__ void RopeTableKernel(float* x, int64_t rows, int64_t dim, const float* cos,
+                                const float* sin) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t half = dim / 2;
+  if (idx >= rows * half) return;
+  const int64_t r = idx / half, i = idx % half;
+  float* v = x + r * dim;
+  const float a = v[2 * i], b = v[2 * i + 1];
+  v[2 * i] = a * cos[i] - b * sin[i];
+  v[2 * i + 1] = a * sin[i] + b * cos[i];
+}
+
+__global__ void CopyRowsKernel(const float* src, int64_t src_stride, int64_t rows, int64_t n,
+                               float* dst, int64_t dst_stride) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * n) return;
+  const int64_t r = idx / n, c = idx % n;
+  dst[r * dst_stride + c] = src[r * src_stride + c];
+}
+
+template <typename W>
+__global__ void EmbedKernel(const W* embed, int64_t hidden, const int32_t* ids, int64_t tokens,
+                            float* x) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= tokens * hidden) return;
+  const int64_t t = idx / hidden, d = idx % hidden;
+  x[idx] = Load(embed, static_cast<int64_t>(ids[t]) * hidden + d);
+}
+
+__global__ void GatherRowsKernel(const float* src, const int64_t* index, int64_t rows, int64_t n,
+                                 float* dst) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * n) return;
+  const int64_t r = idx / n, c = idx % n;
+  dst[idx] = src[index[r] * n + c];
+}
+
+__global__ void WriteCacheKernel(const float* rows, int64_t tokens, int64_t width,
+                                 const int64_t* row_at, bool bf16, void* cache) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= tokens * width) return;
+  const int64_t t = idx / width, c = idx % width;
+  const int64_t at = row_at[t] * width + c;
+  if (bf16) {
+    static_cast<uint16_t*>(cache)[at] = FloatToBf16(rows[idx]);
+  } else {
+    static_cast<float*>(cache)[at] = rows[idx];
+  }
+}
+
+__global__ void GatherBytesKernel(const uint8_t* memory, const int64_t* offsets, int64_t rows,
+                                  int64_t bytes, uint8_t* dense) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * bytes) return;
+  const int64_t r = idx / bytes, b = idx % bytes;
+  dense[idx] = memory[offsets[r] + b];
+}
+
+__global__ void ScatterBytesKernel(const uint8_t* dense, const int64_t* offsets, int64_t rows,
+                                   int64_t bytes, uint8_t* memory) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * bytes) return;
+  const int64_t r = idx / bytes, b = idx % bytes;
+  memory[offsets[r] + b] = dense[idx];
+}
+
+__global__ void SiluMulKernel(float* h, int64_t rows, int64_t inter) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * inter) return;
+  const int64_t r = idx / inter, d = idx % inter;
+  float* row = h + r * 2 * inter;
+  const float g = row[d];
+  row[d] = g / (1.0f + expf(-g)) * row[inter + d];
+}
+
+__global__ void AddKernel(float* x, const float* y, int64_t n) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx < n) x[idx] += y[idx];
+}
+
+__global__ void CombineRowsKernel(const float* rows, const int64_t* first, const int64_t* row,
+                                  const float* weight, int64_t tokens, int64_t n, float* out) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= tokens * n) return;
+  const int64_t t = idx / n, c = idx % n;
+  float sum = out[idx];
+  for (int64_t r = first[t]; r < first[t + 1]; ++r) sum += weight[r] * rows[row[r] * n + c];
+  out[idx] = sum;
+}
+
+// MLA decode attention: three kernels (scores, softmax, sums), each over
+// tiles of kHeadTile heads, so that a cache row read from memory serves all
+// of a tile's heads.
+constexpr int kHeadTile = 16;
+constexpr int kScoreRows = 64;   // Rows per scores block.
+constexpr int kSumColumns = 64;  // Latent columns per sums block.
+
+__device__ const uint16_t* CacheRow(const uint16_t* cache, const int32_t* table, int64_t block_rows,
+                                    int64_t width, int64_t j) {
+  return cache +
+         (static_cast<int64_t>(table[j / block_rows]) * block_rows + j % block_rows) * width;
+}
+
+// grid (tokens, head tiles, row tiles); dynamic shared memory: the tile's
+// queries, kHeadTile x width floats. Each warp takes rows; its lanes stride
+// the row's columns, and one shuffle reduction per head finishes a score.
+__global__ void MlaScoresKernel(const float* q, int64_t heads, int64_t width, const uint16_t* cache,
+                                int64_t block_rows, const int32_t* tables, int64_t max_blocks,
+                                const int32_t* lengths, float scale, int64_t max_len,
+                                float* scores) {
+  extern __shared__ float qs[];
+  const int64_t t = blockIdx.x, h0 = static_cast<int64_t>(blockIdx.y) * kHeadTile;
+  const int hb = static_cast<int>(min(static_cast<int64_t>(kHeadTile), heads - h0));
+  const int64_t len = lengths[t], j0 = static_cast<int64_t>(blockIdx.z) * kScoreRows;
+  if (j0 >= len) return;  // The whole block leaves together.
+  for (int64_t i = threadIdx.x; i < hb * width; i += blockDim.x) {
+    qs[i] = q[(t * heads + h0) * width + i];
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int32_t* table = tables + t * max_blocks;
+  const int64_t j1 = min(j0 + kScoreRows, len);
+  for (int64_t j = j0 + warp; j < j1; j += warps) {
+    const uint16_t* row = CacheRow(cache, table, block_rows, width, j);
+    float partial[kHeadTile];
+    for (int h = 0; h < kHeadTile; ++h) partial[h] = 0.f;
+    for (int64_t c = lane; c < width; c += 32) {
+      const float v = Bf16ToFloat(row[c]);
+      for (int h = 0; h < kHeadTile; ++h) {
+        if (h < hb) partial[h] += v * qs[h * width + c];
+      }
+    }
+    for (int h = 0; h < kHeadTile; ++h) {
+      for (int offset = 16; offset > 0; offset /= 2) {
+        partial[h] += __shfl_xor_sync(0xffffffffu, partial[h], offset);
+      }
+    }
+    if (lane == 0) {
+      for (int h = 0; h < hb; ++h)
+        scores[((t * heads) + h0 + h) * max_len + j] = partial[h] * scale;
+    }
+  }
+}
+
+// The block's reduction of one value per thread with `op`.
+template <typename Op>
+__device__ float BlockReduce(float v, Op op, float* shared) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // `shared` may still be read from the previous call.
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = shared[0];
+  for (int w = 1; w < warps; ++w) v = op(v, shared[w]);
+  return v;
+}
+
+// grid (tokens, heads): one block per softmax, in place.
+__global__ void MlaSoftmaxKernel(float* scores, int64_t heads, const int32_t* lengths,
+                                 int64_t max_len) {
+  __shared__ float shared[32];
+  float* s = scores + (static_cast<int64_t>(blockIdx.x) * heads + blockIdx.y) * max_len;
+  const int64_t len = lengths[blockIdx.x];
+  float top = -INFINITY;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) top = fmaxf(top, s[j]);
+  top = BlockReduce(
+      top, [](float a, float b) { return fmaxf(a, b); }, shared);
+  float sum = 0.f;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+    s[j] = expf(s[j] - top);
+    sum += s[j];
+  }
+  sum = BlockReduce(
+      sum, [](float a, float b) { return a + b; }, shared);
+  const float inv = 1.f / sum;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) s[j] *= inv;
+}
+
+// grid (tokens, head tiles, column tiles); 16 threads per head, 4 adjacent
+// columns each: a row's 64 columns are one coalesced read shared by the
+// tile's heads.
+__global__ void MlaSumsKernel(const float* probs, int64_t heads, int64_t width, int64_t lora,
+                              const uint16_t* cache, int64_t block_rows, const int32_t* tables,
+                              int64_t max_blocks, const int32_t* lengths, int64_t max_len,
+                              float* out) {
+  const int64_t t = blockIdx.x;
+  const int64_t h = static_cast<int64_t>(blockIdx.y) * kHeadTile + threadIdx.x / 16;
+  const int64_t c0 = static_cast<int64_t>(blockIdx.z) * kSumColumns + (threadIdx.x % 16) * 4;
+  if (h >= heads || c0 >= lora) return;
+  const int64_t len = lengths[t];
+  const int32_t* table = tables + t * max_blocks;
+  const float* p = probs + (t * heads + h) * max_len;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int64_t j = 0; j < len; ++j) {
+    const uint16_t* row = CacheRow(cache, table, block_rows, width, j) + c0;
+    const float pj = p[j];
+    for (int e = 0; e < 4; ++e) {
+      if (c0 + e < lora) acc[e] += pj * Bf16ToFloat(row[e]);
+    }
+  }
+  for (int e = 0; e < 4; ++e) {
+    if (c0 + e < lora) out[(t * heads + h) * lora + c0 + e] = acc[e];
+  }
+}
+
+}  // namespace
+
+absl::Status Check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) (void)cudaFree(ptr_);
+}
+
+absl::Status DeviceBuffer::Resize(size_t bytes) {
+  if (bytes <= bytes_ && ptr_ != nullptr) return absl::OkStatus();
+  if (ptr_ != nullptr) (void)cudaFree(ptr_);
+  ptr_ = nullptr;
+  bytes_ = 0;
+  if (absl::Status s = Check(cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes), "cudaMalloc"); !s.ok()) {
+    ptr_ = nullptr;
+    return s;
+  }
+  bytes_ = bytes;
+  return absl::OkStatus();
+}
+
+Stream::Stream()
+    : status_(Check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "stream")) {}
+
+Stream::~Stream() {
+  if (s_ != nullptr) (void)cudaStreamDestroy(s_);
+}
+
+absl::Status LaunchRmsNorm(const float* x, int64_t x_stride, const float* w, int64_t rows,
+                           int64_t n, float eps, float* out, int64_t out_stride, cudaStream_t s) {
+  if (rows <= 0) return absl::OkStatus();
+  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(x, x_stride, w, n, eps, out,
+                                                                 out_stride);
+  return Check(cudaGetLastError(), "RmsNorm");
+}
+
+absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
+                          int64_t ldy, cudaStream_t s, int64_t batch, int64_t stride_x,
+                          int64_t stride_w, int64_t stride_y) {
+  if (m <= 0 || w.rows <= 0 || batch <= 0) return absl::OkStatus();
+  const auto* w16 = static_cast<const uint16_t*>(w.data);
+  const auto* w32 = static_cast<const float*>(w.data);
+  const unsigned z = static_cast<unsigned>(batch);
+  if (m <= kGemvTokens) {
+    const dim3 grid(Blocks(w.rows * 32), 1, z);
+    if (w.bf16) {
+      GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
+                                           stride_w, stride_y);
+    } else {
+      GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w32, w.rows, w.cols, y, ldy, stride_x,
+                                           stride_w, stride_y);
+    }
+  } else {
+    const dim3 grid(Blocks(w.rows, kTile), Blocks(m, kTile), z);
+    if (w.bf16) {
+      GemmKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
+                                           stride_w, stride_y);
+    } else {
+      GemmKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w32, w.rows, w.cols, y, ldy, stride_x,
+                                           stride_w, stride_y);
+    }
+  }
+  return Check(cudaGetLastError(), "MatMul");
+}
+
+absl::Status LaunchRope(float* x, int64_t tokens, int64_t token_stride, int64_t per_token,
+                        int64_t vector_stride, int64_t dim, const int64_t* positions,
+                        const float* inv_freq, float scale, cudaStream_t s) {
+  const int64_t items = tokens * per_token * (dim / 2);
+  if (items <= 0) return absl::OkStatus();
+  RopeKernel<<<Blocks(items), kThreads, 0, s>>>(x, tokens, token_stride, per_token, vector_stride,
+                                                dim, positions, inv_freq, scale);
+  return Check(cudaGetLastError(), "Rope");
+}
+
+absl::Status LaunchRopeTable(float* x, int64_t rows, int64_t dim, const float* cos,
+                             const float* sin, cudaStream_t s) {
+  const int64_t pairs = rows * (dim / 2);
+  if (pairs <= 0) return absl::OkStatus();
+  RopeTableKernel<<<Blocks(pairs), kThreads, 0, s>>>(x, rows, dim, cos, sin);
+  return Check(cudaGetLastError(), "Rope");
+}
+
+absl::Status LaunchCopyRows(const float* src, int64_t src_stride, int64_t rows, int64_t n,
+                            float* dst, int64_t dst_stride, cudaStream_t s) {
+  if (rows * n <= 0) return absl::OkStatus();
+  CopyRowsKernel<<<Blocks(rows * n), kThreads, 0, s>>>(src, src_stride, rows, n, dst, dst_stride);
+  return Check(cudaGetLastError(), "CopyRows");
+}
+
+absl::Status LaunchEmbed(const DeviceMatrix& embed, const int32_t* ids, int64_t tokens, float* x,
+                         cudaStream_t s) {
+  const int64_t items = tokens * embed.cols;
+  if (items <= 0) return absl::OkStatus();
+  if (embed.bf16) {
+    EmbedKernel<<<Blocks(items), kThreads, 0, s>>>(static_cast<const uint16_t*>(embed.data),
+                                                   embed.cols, ids, tokens, x);
+  } else {
+    EmbedKernel<<<Blocks(items), kThreads, 0, s>>>(static_cast<const float*>(embed.data),
+                                                   embed.cols, ids, tokens, x);
+  }
+  return Check(cudaGetLastError(), "Embed");
+}
+
+absl::Status LaunchGatherRows(const float* src, const int64_t* index, int64_t rows, int64_t n,
+                              float* dst, cudaStream_t s) {
+  if (rows * n <= 0) return absl::OkStatus();
+  GatherRowsKernel<<<Blocks(rows * n), kThreads, 0, s>>>(src, index, rows, n, dst);
+  return Check(cudaGetLastError(), "GatherRows");
+}
+
+absl::Status LaunchWriteCache(const float* rows, int64_t tokens, int64_t width,
+                              const int64_t* row_at, bool bf16, void* cache, cudaStream_t s) {
+  if (tokens * width <= 0) return absl::OkStatus();
+  WriteCacheKernel<<<Blocks(tokens * width), kThreads, 0, s>>>(rows, tokens, width, row_at, bf16,
+                                                               cache);
+  return Check(cudaGetLastError(), "WriteCache");
+}
+
+absl::Status LaunchGatherBytes(const uint8_t* memory, const int64_t* offsets, int64_t rows,
+                               int64_t bytes, uint8_t* dense, cudaStream_t s) {
+  if (rows * bytes <= 0) return absl::OkStatus();
+  GatherBytesKernel<<<Blocks(rows * bytes), kThreads, 0, s>>>(memory, offsets, rows, bytes, dense);
+  return Check(cudaGetLastError(), "GatherBytes");
+}
+
+absl::Status LaunchScatterBytes(const uint8_t* dense, const int64_t* offsets, int64_t rows,
+                                int64_t bytes, uint8_t* memory, cudaStream_t s) {
+  if (rows * bytes <= 0) return absl::OkStatus();
+  ScatterBytesKernel<<<Blocks(rows * bytes), kThreads, 0, s>>>(dense, offsets, rows, bytes, memory);
+  return Check(cudaGetLastError(), "ScatterBytes");
+}
+
+absl::Status LaunchSiluMul(float* h, int64_t rows, int64_t inter, cudaStream_t s) {
+  if (rows * inter <= 0) return absl::OkStatus();
+  SiluMulKernel<<<Blocks(rows * inter), kThreads, 0, s>>>(h, rows, inter);
+  return Check(cudaGetLastError(), "SiluMul");
+}
+
+absl::Status LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t s) {
+  if (n <= 0) return absl::OkStatus();
+  AddKernel<<<Blocks(n), kThreads, 0, s>>>(x, y, n);
+  return Check(cudaGetLastError(), "Add");
+}
+
+absl::Status LaunchCombineRows(const float* rows, const int64_t* first, const int64_t* row,
+                               const float* weight, int64_t tokens, int64_t n, float* out,
+                               cudaStream_t s) {
+  if (tokens * n <= 0) return absl::OkStatus();
+  CombineRowsKernel<<<Blocks(tokens * n), kThreads, 0, s>>>(rows, first, row, weight, tokens, n,
+                                                            out);
+  return Check(cudaGetLastError(), "CombineRows");
+}
+
+absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) {
+  const unsigned tokens = static_cast<unsigned>(p.tokens);
+  const unsigned head_tiles = static_cast<unsigned>((p.heads + kHeadTile - 1) / kHeadTile);
+  const size_t query_bytes = sizeof(float) * kHeadTile * p.width;
+  if (query_bytes > 48 * 1024) {  // Above the default limit the kernel must opt in.
+    if (absl::Status s =
+            Check(cudaFuncSetAttribute(MlaScoresKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(query_bytes)),
+                  "MlaScores shared memory");
+        !s.ok()) {
+      return s;
+    }
+  }
+  MlaScoresKernel<<<dim3(tokens, head_tiles,
+                         static_cast<unsigned>((p.max_len + kScoreRows - 1) / kScoreRows)),
+                    kThreads, query_bytes, stream>>>(p.q, p.heads, p.width, p.cache, p.block_rows,
+                                                     p.tables, p.max_blocks, p.lengths, p.scale,
+                                                     p.max_len, p.scores);
+  if (absl::Status s = Check(cudaGetLastError(), "MlaScores"); !s.ok()) return s;
+  MlaSoftmaxKernel<<<dim3(tokens, static_cast<unsigned>(p.heads)), kThreads, 0, stream>>>(
+      p.scores, p.heads, p.lengths, p.max_len);
+  if (absl::Status s = Check(cudaGetLastError(), "MlaSoftmax"); !s.ok()) return s;
+  MlaSumsKernel<<<dim3(tokens, head_tiles,
+                       static_cast<unsigned>((p.lora + kSumColumns - 1) / kSumColumns)),
+                  kThreads, 0, stream>>>(p.scores, p.heads, p.width, p.lora, p.cache, p.block_rows,
+                                         p.tables, p.max_blocks, p.lengths, p.max_len, p.out);
+  return Check(cudaGetLastError(), "MlaSums");
+}
+
+}  // namespace baton::cuda

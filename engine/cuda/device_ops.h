@@ -1,0 +1,149 @@
+// The CUDA backend's kernels, as launches on device pointers queued on a
+// stream: what the backend (cuda_backend.cu) composes and what the host-
+// buffer ops of cuda_ops.h wrap for the op-by-op tests. Each returns the
+// launch's error, if any; errors of the kernel itself surface at the next
+// synchronization.
+//
+// CUDA types appear here, so only .cu files include this header.
+//
+// Thread-safety: every function is thread-safe; ordering is the stream's.
+#ifndef BATON_ENGINE_CUDA_DEVICE_OPS_H_
+#define BATON_ENGINE_CUDA_DEVICE_OPS_H_
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace baton::cuda {
+
+absl::Status Check(cudaError_t e, const char* what);
+
+// A device allocation that frees itself; Resize keeps nothing.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) { status_.Update(Resize(bytes)); }
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  // Grows to at least `bytes` (contents lost when it grows).
+  absl::Status Resize(size_t bytes);
+  template <typename T>
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+  absl::Status status_;
+};
+
+// A non-blocking stream, destroyed with the object.
+class Stream {
+ public:
+  Stream();
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+  absl::Status status_;
+};
+
+// out[r][:n] = x[r][:n] * rsqrt(mean(x[r][:n]^2) + eps) * w, rows apart by
+// the strides (in floats); out may be x.
+absl::Status LaunchRmsNorm(const float* x, int64_t x_stride, const float* w, int64_t rows,
+                           int64_t n, float eps, float* out, int64_t out_stride, cudaStream_t s);
+
+// A weight matrix in device memory: [rows][cols] row-major, F32 or BF16.
+struct DeviceMatrix {
+  const void* data = nullptr;
+  bool bf16 = false;
+  int64_t rows = 0, cols = 0;
+};
+
+// y[i][j] = sum_c x[i][c] * w[j][c] for i < m, j < w.rows, fp32
+// accumulation; x rows ldx floats apart, y rows ldy apart. `batch`
+// independent products (grid z), each `stride_x`, `stride_w` (elements of
+// w) and `stride_y` further on: MLA's per-head up-projections.
+absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
+                          int64_t ldy, cudaStream_t s, int64_t batch = 1, int64_t stride_x = 0,
+                          int64_t stride_w = 0, int64_t stride_y = 0);
+
+// Rotates the interleaved pairs of `dim` values at x[t][v] (vectors
+// v < per_token, each `vector_stride` floats apart; tokens `token_stride`
+// apart) by angle positions[t] * inv_freq[i], cos and sin scaled by
+// `scale` (kernels::RopeInterleaved with YaRN's factors).
+absl::Status LaunchRope(float* x, int64_t tokens, int64_t token_stride, int64_t per_token,
+                        int64_t vector_stride, int64_t dim, const int64_t* positions,
+                        const float* inv_freq, float scale, cudaStream_t s);
+
+// Rotates interleaved pairs of each of `rows` vectors of `dim` by the
+// angles whose cosines and sines are cos[i], sin[i].
+absl::Status LaunchRopeTable(float* x, int64_t rows, int64_t dim, const float* cos,
+                             const float* sin, cudaStream_t s);
+
+// dst[t][:n] = src[t][:n] for `rows` rows at the strides (a strided copy).
+absl::Status LaunchCopyRows(const float* src, int64_t src_stride, int64_t rows, int64_t n,
+                            float* dst, int64_t dst_stride, cudaStream_t s);
+
+// x[t][:hidden] = embed[ids[t]] widened to fp32.
+absl::Status LaunchEmbed(const DeviceMatrix& embed, const int32_t* ids, int64_t tokens, float* x,
+                         cudaStream_t s);
+
+// dst[r] = src[index[r]], rows of n floats.
+absl::Status LaunchGatherRows(const float* src, const int64_t* index, int64_t rows, int64_t n,
+                              float* dst, cudaStream_t s);
+
+// Writes rows of `width` floats as cache elements (BF16 when `bf16`, else
+// f32) at element offsets row_at[t] * width of `cache`.
+absl::Status LaunchWriteCache(const float* rows, int64_t tokens, int64_t width,
+                              const int64_t* row_at, bool bf16, void* cache, cudaStream_t s);
+
+// Copies rows of `bytes` between a dense buffer and byte offsets of a
+// memory region: gather (memory -> dense) or scatter (dense -> memory).
+absl::Status LaunchGatherBytes(const uint8_t* memory, const int64_t* offsets, int64_t rows,
+                               int64_t bytes, uint8_t* dense, cudaStream_t s);
+absl::Status LaunchScatterBytes(const uint8_t* dense, const int64_t* offsets, int64_t rows,
+                                int64_t bytes, uint8_t* memory, cudaStream_t s);
+
+// h[r][d] = silu(h[r][d]) * h[r][inter + d] for rows of 2 * inter.
+absl::Status LaunchSiluMul(float* h, int64_t rows, int64_t inter, cudaStream_t s);
+
+// x[i] += y[i].
+absl::Status LaunchAdd(float* x, const float* y, int64_t n, cudaStream_t s);
+
+// out[t] += sum over r in [first[t], first[t+1]) of weight[r] * rows[row[r]],
+// in that order (a token's experts in expert order: batch-invariant).
+absl::Status LaunchCombineRows(const float* rows, const int64_t* first, const int64_t* row,
+                               const float* weight, int64_t tokens, int64_t n, float* out,
+                               cudaStream_t s);
+
+// MLA decode attention in the absorbed form over a paged BF16 latent cache
+// (see cuda_ops.h MlaDecodeAttention), all in device memory.
+struct MlaProblem {
+  const float* q;  // [tokens][heads][width]
+  int64_t tokens, heads, width, lora;
+  const uint16_t* cache;  // The layer's first block.
+  int64_t block_rows;
+  const int32_t* tables;  // [tokens][max_blocks]
+  int64_t max_blocks;
+  const int32_t* lengths;  // [tokens]
+  int64_t max_len;
+  float scale;
+  float* scores;  // [tokens][heads][max_len] scratch
+  float* out;     // [tokens][heads][lora]
+};
+absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t s);
+
+}  // namespace baton::cuda
+
+#endif  // BATON_ENGINE_CUDA_DEVICE_OPS_H_
