@@ -45,8 +45,12 @@ TEST_F(CudaOpsTest, RmsNormMatchesTheCpu) {
 TEST_F(CudaOpsTest, MatMulBf16MatchesTheCpu) {
   ThreadPool pool(2);
   for (auto [m, rows, cols] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {1, 576, 7168}, {4, 1536, 512}, {3, 7168, 2048},  // kv_a, q_b-like, expert down
-           {40, 576, 7168}, {130, 200, 100}}) {  // Prefill-shaped: the tiled kernel, ragged tiles.
+           {1, 576, 7168},
+           {4, 1536, 512},
+           {3, 7168, 2048},  // kv_a, q_b-like, expert down
+           {2, 100, 1001},   // Unaligned rows: scalar loads.
+           {40, 576, 7168},
+           {130, 200, 100}}) {  // Prefill-shaped: the tiled kernel, ragged tiles.
     Matrix w(DType::kBF16, rows, cols);
     const std::vector<float> values = Random(rows * cols, 0.02f);
     for (int64_t i = 0; i < rows * cols; ++i) w.bf16()[i] = FloatToBf16(values[i]);
