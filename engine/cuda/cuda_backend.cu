@@ -15,7 +15,9 @@ namespace baton::cuda {
 namespace {
 
 // Host to device, into `buffer` (grown as needed), queued on `s`. The host
-// memory may be reused on return.
+// memory may be reused on return because it is pageable: the driver stages
+// it before returning. (Pinned memory would be read later, by the copy
+// itself: it must then outlive the stream's progress past the copy.)
 template <typename T>
 absl::Status Upload(const T* host, size_t count, DeviceBuffer& buffer, cudaStream_t s) {
   BATON_RETURN_IF_ERROR(buffer.Resize(sizeof(T) * count));
@@ -41,6 +43,7 @@ class CudaKvMemory : public KvMemory {
  public:
   CudaKvMemory(int device, size_t bytes) : device_(device) { status_.Update(Init(bytes)); }
   const absl::Status& status() const { return status_; }
+  int device() const { return device_; }
   uint8_t* host_data() override { return nullptr; }
   uint8_t* device_data() { return data_.get<uint8_t>(); }
 
@@ -73,9 +76,13 @@ class CudaKvMemory : public KvMemory {
   absl::Status Init(size_t bytes) {
     BATON_RETURN_IF_ERROR(Check(cudaSetDevice(device_), "cudaSetDevice"));
     BATON_RETURN_IF_ERROR(data_.Resize(bytes));
-    BATON_RETURN_IF_ERROR(Check(cudaMemset(data_.get<void>(), 0, bytes), "cudaMemset"));
     stream_ = std::make_unique<Stream>();  // On this device.
-    return stream_->status();
+    BATON_RETURN_IF_ERROR(stream_->status());
+    // On this stream and waited for: a memset on the default stream would
+    // not be ordered before the non-blocking streams' first writes.
+    BATON_RETURN_IF_ERROR(
+        Check(cudaMemsetAsync(data_.get<void>(), 0, bytes, stream_->get()), "cudaMemsetAsync"));
+    return Check(cudaStreamSynchronize(stream_->get()), "synchronize");
   }
 
   const int device_;
@@ -111,6 +118,9 @@ class CudaBackend : public Backend {
     BATON_RETURN_IF_ERROR(Upload(inv_freq.data(), inv_freq.size(), inv_freq_, s()));
     BATON_RETURN_IF_ERROR(Put(weights.embed));
     embed_host_ = &weights.embed;
+    max_inter_ = std::max<int64_t>(
+        {config.intermediate_size, config.moe_intermediate_size,
+         int64_t{config.moe_intermediate_size} * std::max(1, config.n_shared_experts)});
     BATON_RETURN_IF_ERROR(Put(weights.final_norm));
     if (!weights.lm_head.empty()) BATON_RETURN_IF_ERROR(Put(weights.lm_head));
     for (LayerWeights& layer : weights.layers) {
@@ -153,6 +163,9 @@ class CudaBackend : public Backend {
     attention_ready_ = false;
     const int64_t T = tokens.count(), hidden = config_.hidden_size;
     for (DeviceBuffer* b : {&x_, &xn_, &out_}) BATON_RETURN_IF_ERROR(b->Resize(4 * T * hidden));
+    // Sized for the pass's largest MLP here: growing a buffer mid-pass
+    // (cudaFree) would wait for every queued kernel.
+    BATON_RETURN_IF_ERROR(mlp_hidden_.Resize(4 * T * 2 * max_inter_));
     BATON_RETURN_IF_ERROR(Upload(tokens.ids.data(), T, ids_, s()));
     BATON_RETURN_IF_ERROR(Upload(tokens.positions.data(), T, positions_, s()));
     return LaunchEmbed(M(*embed_host_), ids_.get<int32_t>(), T, x_.get<float>(), s());
@@ -167,7 +180,7 @@ class CudaBackend : public Backend {
   absl::Status Attention(int layer, const AttentionWeights& a, KvCache& cache,
                          const LayerKvHook* on_layer_kv) override {
     auto* memory = dynamic_cast<CudaKvMemory*>(&cache.memory());
-    if (memory == nullptr || cache.dtype() != DType::kBF16) {
+    if (memory == nullptr || memory->device() != device_ || cache.dtype() != DType::kBF16) {
       return absl::InvalidArgumentError(
           absl::StrCat(name(), " attends over a BF16 KV cache in its own device memory"));
     }
@@ -409,6 +422,7 @@ class CudaBackend : public Backend {
   std::unordered_map<const Matrix*, DeviceMatrix> matrices_;
   std::unordered_map<const Vector*, const float*> vectors_;
   const Matrix* embed_host_ = nullptr;
+  int64_t max_inter_ = 0;  // The widest MLP's intermediate size.
 
   // The running pass.
   const ForwardTokens* tokens_ = nullptr;

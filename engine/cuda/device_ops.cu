@@ -46,14 +46,17 @@ __global__ void RmsNormKernel(const float* x, int64_t x_stride, const float* w, 
     if (threadIdx.x < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
     __syncthreads();
   }
+  // In place (out == x) is safe: each thread rewrites only what it read.
   const float scale = rsqrtf(partial[0] / static_cast<float>(n) + eps);
-  // Every thread has read `scale` before any writes (out may be x).
-  __syncthreads();
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = row[i] * scale * w[i];
 }
 
-// Decode-shaped products (m <= kGemvTokens): one warp per weight row, which
-// it reads once for all m tokens; lanes stride the columns.
+// Products: one warp per weight row and tile of up to kGemvTokens tokens
+// (grid y), reading the row once for the tile; lanes stride the columns.
+// Every output is summed in the same order whatever m is (per lane in
+// column order, then one shuffle tree), so a token's result never depends
+// on its batch, as on the CPU. Prefill re-reads a row per 8 tokens; a
+// tiled GEMM with this fixed order is the way to faster prefill.
 constexpr int kGemvTokens = 8;
 template <typename W>
 __global__ void GemvKernel(const float* x, int64_t ldx, int64_t m, const W* w, int64_t rows,
@@ -62,9 +65,10 @@ __global__ void GemvKernel(const float* x, int64_t ldx, int64_t m, const W* w, i
   const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (j >= rows) return;
-  x += blockIdx.z * stride_x;
+  x += blockIdx.z * stride_x + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldx;
   w += blockIdx.z * stride_w;
-  y += blockIdx.z * stride_y;
+  y += blockIdx.z * stride_y + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldy;
+  m = min(static_cast<int64_t>(kGemvTokens), m - static_cast<int64_t>(blockIdx.y) * kGemvTokens);
   const W* wj = w + j * cols;
   float sum[kGemvTokens];
   for (int i = 0; i < kGemvTokens; ++i) sum[i] = 0.f;
@@ -92,9 +96,10 @@ __global__ void GemvBf16x8Kernel(const float* x, int64_t ldx, int64_t m, const u
   const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (j >= rows) return;
-  x += blockIdx.z * stride_x;
+  x += blockIdx.z * stride_x + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldx;
   w += blockIdx.z * stride_w;
-  y += blockIdx.z * stride_y;
+  y += blockIdx.z * stride_y + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldy;
+  m = min(static_cast<int64_t>(kGemvTokens), m - static_cast<int64_t>(blockIdx.y) * kGemvTokens);
   const uint16_t* wj = w + j * cols;
   float sum[kGemvTokens];
   for (int i = 0; i < kGemvTokens; ++i) sum[i] = 0.f;
@@ -119,50 +124,6 @@ __global__ void GemvBf16x8Kernel(const float* x, int64_t ldx, int64_t m, const u
     float s = sum[i];
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
     if (lane == 0) y[i * ldy + j] = s;
-  }
-}
-
-// Prefill-shaped products: 64 x 64 output tiles, 256 threads computing 4 x 4
-// each, the inputs staged through shared memory 16 columns at a time.
-constexpr int kTile = 64, kTileK = 16;
-template <typename W>
-__global__ void GemmKernel(const float* x, int64_t ldx, int64_t m, const W* w, int64_t rows,
-                           int64_t cols, float* y, int64_t ldy, int64_t stride_x, int64_t stride_w,
-                           int64_t stride_y) {
-  __shared__ float xs[kTileK][kTile + 1];
-  __shared__ float ws[kTileK][kTile + 1];
-  x += blockIdx.z * stride_x;
-  w += blockIdx.z * stride_w;
-  y += blockIdx.z * stride_y;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < cols; k0 += kTileK) {
-    for (int e = threadIdx.x; e < kTile * kTileK; e += blockDim.x) {
-      const int r = e / kTileK, k = e % kTileK;
-      const int64_t c = k0 + k;
-      xs[k][r] = (i0 + r < m && c < cols) ? x[(i0 + r) * ldx + c] : 0.f;
-      ws[k][r] = (j0 + r < rows && c < cols) ? Load(w, (j0 + r) * cols + c) : 0.f;
-    }
-    __syncthreads();
-    for (int k = 0; k < kTileK; ++k) {
-      float a[4], b[4];
-      for (int u = 0; u < 4; ++u) a[u] = xs[k][ty * 4 + u];
-      for (int v = 0; v < 4; ++v) b[v] = ws[k][tx * 4 + v];
-      for (int u = 0; u < 4; ++u) {
-        for (int v = 0; v < 4; ++v) acc[u][v] += a[u] * b[v];
-      }
-    }
-    __syncthreads();
-  }
-  for (int u = 0; u < 4; ++u) {
-    const int64_t i = i0 + ty * 4 + u;
-    if (i >= m) continue;
-    for (int v = 0; v < 4; ++v) {
-      const int64_t j = j0 + tx * 4 + v;
-      if (j < rows) y[i * ldy + j] = acc[u][v];
-    }
   }
 }
 
@@ -432,30 +393,25 @@ absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMa
   const auto* w16 = static_cast<const uint16_t*>(w.data);
   const auto* w32 = static_cast<const float*>(w.data);
   const unsigned z = static_cast<unsigned>(batch);
-  if (m <= kGemvTokens) {
-    const dim3 grid(Blocks(w.rows * 32), 1, z);
-    auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-    const bool wide = w.bf16 && w.cols % 8 == 0 && aligned(w.data) && aligned(x) && ldx % 4 == 0 &&
-                      stride_x % 4 == 0 && stride_w % 8 == 0;
-    if (wide) {
-      GemvBf16x8Kernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
-                                                 stride_w, stride_y);
-    } else if (w.bf16) {
-      GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
-                                           stride_w, stride_y);
-    } else {
-      GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w32, w.rows, w.cols, y, ldy, stride_x,
-                                           stride_w, stride_y);
-    }
+  const int64_t tiles = (m + kGemvTokens - 1) / kGemvTokens;
+  if (tiles > 65535 || batch > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMul: ", m, " rows in ", batch, " batches"));
+  }
+  const dim3 grid(Blocks(w.rows * 32), static_cast<unsigned>(tiles), z);
+  // The path depends on the weights and the activations' layout, never on
+  // m, so a token's sums keep their order whatever its batch.
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool wide = w.bf16 && w.cols % 8 == 0 && aligned(w.data) && aligned(x) && ldx % 4 == 0 &&
+                    stride_x % 4 == 0 && stride_w % 8 == 0;
+  if (wide) {
+    GemvBf16x8Kernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
+                                               stride_w, stride_y);
+  } else if (w.bf16) {
+    GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x, stride_w,
+                                         stride_y);
   } else {
-    const dim3 grid(Blocks(w.rows, kTile), Blocks(m, kTile), z);
-    if (w.bf16) {
-      GemmKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
-                                           stride_w, stride_y);
-    } else {
-      GemmKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w32, w.rows, w.cols, y, ldy, stride_x,
-                                           stride_w, stride_y);
-    }
+    GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w32, w.rows, w.cols, y, ldy, stride_x, stride_w,
+                                         stride_y);
   }
   return Check(cudaGetLastError(), "MatMul");
 }
@@ -550,6 +506,12 @@ absl::Status LaunchCombineRows(const float* rows, const int64_t* first, const in
 }
 
 absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) {
+  if (p.tokens <= 0) return absl::OkStatus();
+  const int64_t row_tiles = (p.max_len + kScoreRows - 1) / kScoreRows;
+  if (p.heads > 65535 || row_tiles > 65535 || p.tokens > 0x7fffffff) {
+    return absl::InvalidArgumentError(absl::StrCat("MLA attention: ", p.tokens, " tokens of ",
+                                                   p.heads, " heads over ", p.max_len, " rows"));
+  }
   const unsigned tokens = static_cast<unsigned>(p.tokens);
   const unsigned head_tiles = static_cast<unsigned>((p.heads + kHeadTile - 1) / kHeadTile);
   const size_t query_bytes = sizeof(float) * kHeadTile * p.width;
