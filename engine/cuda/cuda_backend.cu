@@ -145,7 +145,13 @@ class CudaBackend : public Backend {
         BATON_RETURN_IF_ERROR(put_mlp(layer.dense));
       }
     }
-    return Check(cudaStreamSynchronize(s()), "weights upload");
+    BATON_RETURN_IF_ERROR(Check(cudaStreamSynchronize(s()), "weights upload"));
+    // The matrices now live on the device; their host copies would double
+    // the host memory a GPU worker needs (shapes and dtypes stay: the
+    // model's accounting reads them).
+    for (Matrix* m : uploaded_) m->storage = AlignedBuffer();
+    uploaded_.clear();
+    return absl::OkStatus();
   }
 
   absl::StatusOr<std::unique_ptr<KvMemory>> AllocateKv(size_t bytes) override {
@@ -356,11 +362,12 @@ class CudaBackend : public Backend {
   absl::Status SetDevice() const { return Check(cudaSetDevice(device_), "cudaSetDevice"); }
 
   // Uploads a matrix (row-major) or a vector, remembered by its address.
-  absl::Status Put(const Matrix& m) {
+  absl::Status Put(Matrix& m) {
     if (m.panels) return absl::InternalError("the CUDA backend needs row-major weights");
     auto buffer = std::make_unique<DeviceBuffer>();
     BATON_RETURN_IF_ERROR(Upload(m.storage.data(), m.bytes(), *buffer, s()));
     matrices_[&m] = DeviceMatrix{buffer->get<void>(), m.dtype == DType::kBF16, m.rows, m.cols};
+    uploaded_.push_back(&m);
     weights_.push_back(std::move(buffer));
     return absl::OkStatus();
   }
@@ -422,6 +429,7 @@ class CudaBackend : public Backend {
   std::unordered_map<const Matrix*, DeviceMatrix> matrices_;
   std::unordered_map<const Vector*, const float*> vectors_;
   const Matrix* embed_host_ = nullptr;
+  std::vector<Matrix*> uploaded_;  // Host copies to release once uploaded.
   int64_t max_inter_ = 0;  // The widest MLP's intermediate size.
 
   // The running pass.
