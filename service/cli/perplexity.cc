@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_format.h"
 #include "engine/deepseek_model.h"
+#include "engine/devices.h"
 #include "engine/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "service/cli/commands.h"
@@ -18,7 +19,7 @@
 namespace baton::cli {
 
 int RunPerplexity(const Args& args) {
-  std::string model_dir = DefaultModelDir(), text_path;
+  std::string model_dir = DefaultModelDir(), text_path, device = "cpu";
   int64_t window = 0, threads = 0;
   bool json = false;
   FlagSet flags("baton perplexity --text FILE [flags]",
@@ -28,6 +29,7 @@ int RunPerplexity(const Args& args) {
   flags.String("text", &text_path, "the text file");
   flags.Int("window", &window, "tokens per window (0: the model's context length)");
   flags.Int("threads", &threads, "compute threads (0: one per core)");
+  flags.String("device", &device, "where the model runs: cpu, or cuda / cuda:N");
   flags.Bool("json", &json, "print {\"bits_per_byte\", \"tokens\", \"bytes\"} as JSON");
   auto fail = [](const std::string& m) {
     std::fprintf(stderr, "baton perplexity: %s\n", m.c_str());
@@ -45,7 +47,9 @@ int RunPerplexity(const Args& args) {
   buffer << in.rdbuf();
   const std::string text = buffer.str();
 
-  auto model = DeepseekModel::Load(model_dir, {});
+  auto backend = CreateBackend(device, {});
+  if (!backend.ok()) return fail(std::string(backend.status().message()));
+  auto model = DeepseekModel::Load(model_dir, {}, *std::move(backend));
   if (!model.ok()) return fail(std::string(model.status().message()));
   auto tokenizer = Tokenizer::Load(model_dir);
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));

@@ -55,6 +55,15 @@ TEST(CliTest, UnknownFlagFails) {
   EXPECT_THAT(r.output, HasSubstr("--bogus"));
 }
 
+TEST(CliTest, ANameThatIsNoDeviceIsRefusedBeforeLoading) {
+  for (const char* sub : {"serve --port 0 --metrics-port 0", "prefill --port 0 --metrics-port 0",
+                          "decode --port 0 --metrics-port 0", "perplexity --text /dev/null"}) {
+    Result r = RunBaton(std::string(sub) + " --device tpu:0");
+    EXPECT_NE(r.exit_code, 0) << sub;
+    EXPECT_THAT(r.output, HasSubstr("--device: 'tpu:0' is not a device")) << sub;
+  }
+}
+
 TEST(CliTest, NoArgumentsPrintsUsageAndFails) {
   Result r = RunBaton("");
   EXPECT_EQ(r.exit_code, 2);
