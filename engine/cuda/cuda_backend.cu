@@ -172,6 +172,8 @@ class CudaBackend : public Backend {
     // Sized for the pass's largest MLP here: growing a buffer mid-pass
     // (cudaFree) would wait for every queued kernel.
     BATON_RETURN_IF_ERROR(mlp_hidden_.Resize(4 * T * 2 * max_inter_));
+    BATON_RETURN_IF_ERROR(expert_hidden_.Resize(4 * T * std::max(1, config_.num_experts_per_tok) *
+                                                2 * config_.moe_intermediate_size));
     BATON_RETURN_IF_ERROR(Upload(tokens.ids.data(), T, ids_, s()));
     BATON_RETURN_IF_ERROR(Upload(tokens.positions.data(), T, positions_, s()));
     return LaunchEmbed(M(*embed_host_), ids_.get<int32_t>(), T, x_.get<float>(), s());
@@ -320,12 +322,26 @@ class CudaBackend : public Backend {
     } else {
       BATON_RETURN_IF_ERROR(Check(cudaMemsetAsync(out, 0, 4 * T * hidden, s()), "memset"));
     }
+    // The routed experts: every gate/up product in one launch, one SiLU over
+    // all their rows, every down product in one launch (a decode step's
+    // experts are each too small to be worth a launch of their own).
+    const int64_t inter = config_.moe_intermediate_size;
+    BATON_RETURN_IF_ERROR(expert_hidden_.Resize(4 * std::max<int64_t>(rows, 1) * 2 * inter));
+    float* h = expert_hidden_.get<float>();
+    std::vector<GroupedProduct> up, down;
     for (int64_t e = 0; e < experts; ++e) {
       const int64_t first = routing.first[e], count = routing.first[e + 1] - first;
       if (count == 0) continue;
-      BATON_RETURN_IF_ERROR(RunMlp(moe.experts[e], expert_in_.get<float>() + first * hidden, count,
-                                   expert_out_.get<float>() + first * hidden));
+      const MlpWeights& mlp = moe.experts[e];
+      if (mlp.inter != inter) return absl::InternalError("experts of different sizes");
+      up.push_back({expert_in_.get<float>() + first * hidden, hidden, count, M(mlp.gate_up),
+                    h + first * 2 * inter, 2 * inter});
+      down.push_back({h + first * 2 * inter, 2 * inter, count, M(mlp.down),
+                      expert_out_.get<float>() + first * hidden, hidden});
     }
+    BATON_RETURN_IF_ERROR(LaunchGroupedMatMul(up, up_table_, s()));
+    BATON_RETURN_IF_ERROR(LaunchSiluMul(h, rows, inter, s()));
+    BATON_RETURN_IF_ERROR(LaunchGroupedMatMul(down, down_table_, s()));
     return LaunchCombineRows(expert_out_.get<float>(), token_first_.get<int64_t>(),
                              token_rows_.get<int64_t>(), token_weight_.get<float>(), T, hidden, out,
                              s());
@@ -430,7 +446,7 @@ class CudaBackend : public Backend {
   std::unordered_map<const Vector*, const float*> vectors_;
   const Matrix* embed_host_ = nullptr;
   std::vector<Matrix*> uploaded_;  // Host copies to release once uploaded.
-  int64_t max_inter_ = 0;  // The widest MLP's intermediate size.
+  int64_t max_inter_ = 0;          // The widest MLP's intermediate size.
 
   // The running pass.
   const ForwardTokens* tokens_ = nullptr;
@@ -439,7 +455,8 @@ class CudaBackend : public Backend {
   DeviceBuffer ids_, positions_, row_at_, lengths_, tables_;
   DeviceBuffer x_, xn_, out_;
   DeviceBuffer q_a_, q_, kv_, q_full_, o_latent_, attn_v_, scores_;
-  DeviceBuffer mlp_hidden_, router_, expert_in_, expert_out_;
+  DeviceBuffer mlp_hidden_, router_, expert_in_, expert_out_, expert_hidden_;
+  DeviceBuffer up_table_, down_table_;  // The grouped products' tables.
   DeviceBuffer expert_token_, token_first_, token_rows_, token_weight_;
   DeviceBuffer logit_rows_, head_in_, head_out_;
 };

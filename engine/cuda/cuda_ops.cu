@@ -89,6 +89,38 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
   return FinishLaunch("MatMulBf16", y, dy.get<float>(), m * rows, stream.get());
 }
 
+absl::Status GroupedMatMulBf16(const std::vector<Bf16Product>& products) {
+  Stream stream;
+  if (!stream.status().ok()) return stream.status();
+  std::vector<std::unique_ptr<DeviceBuffer>> inputs, outputs;
+  std::vector<GroupedProduct> launch;
+  for (const Bf16Product& p : products) {
+    auto dx = Upload(p.x, p.m * p.cols, stream.get());
+    if (!dx.ok()) return dx.status();
+    auto dw = Upload(p.w, p.rows * p.cols, stream.get());
+    if (!dw.ok()) return dw.status();
+    auto dy = std::make_unique<DeviceBuffer>(sizeof(float) * p.m * p.rows);
+    if (!dy->status().ok()) return dy->status();
+    launch.push_back({(*dx)->get<float>(), p.cols, p.m,
+                      DeviceMatrix{(*dw)->get<uint16_t>(), true, p.rows, p.cols}, dy->get<float>(),
+                      p.rows});
+    inputs.push_back(*std::move(dx));
+    inputs.push_back(*std::move(dw));
+    outputs.push_back(std::move(dy));
+  }
+  DeviceBuffer table;
+  if (absl::Status s = LaunchGroupedMatMul(launch, table, stream.get()); !s.ok()) return s;
+  for (size_t g = 0; g < products.size(); ++g) {
+    const Bf16Product& p = products[g];
+    if (absl::Status s = FinishLaunch("GroupedMatMulBf16", p.y, outputs[g]->get<float>(),
+                                      p.m * p.rows, stream.get());
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RopeInterleaved(float* x, int64_t rows, int64_t dim, const float* cos,
                              const float* sin) {
   Stream stream;

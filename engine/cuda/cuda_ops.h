@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -31,6 +32,18 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
 // weights [rows][cols], fp32 accumulation (kernels::MatMul's contract).
 absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
                         float* y);
+
+// Several MatMulBf16 products in one launch (how the backend runs a step's
+// experts): products[g] is {x, m, w, rows, cols, y} with MatMulBf16's
+// meaning. Each result equals MatMulBf16's bit for bit.
+struct Bf16Product {
+  const float* x;
+  int64_t m;
+  const uint16_t* w;
+  int64_t rows, cols;
+  float* y;
+};
+absl::Status GroupedMatMulBf16(const std::vector<Bf16Product>& products);
 
 // Rotates interleaved pairs of each of `rows` vectors of `dim` by the
 // angles whose cosines and sines are cos[i], sin[i] (kernels::RopeInterleaved).

@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/cuda/device_ops.h"
@@ -58,18 +60,11 @@ __global__ void RmsNormKernel(const float* x, int64_t x_stride, const float* w, 
 // on its batch, as on the CPU. Prefill re-reads a row per 8 tokens; a
 // tiled GEMM with this fixed order is the way to faster prefill.
 constexpr int kGemvTokens = 8;
+// One warp's products of weight row `wj` with up to kGemvTokens tokens (m),
+// y[i * ldy] for token i: lanes stride the columns, then a shuffle tree.
 template <typename W>
-__global__ void GemvKernel(const float* x, int64_t ldx, int64_t m, const W* w, int64_t rows,
-                           int64_t cols, float* y, int64_t ldy, int64_t stride_x, int64_t stride_w,
-                           int64_t stride_y) {
-  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (j >= rows) return;
-  x += blockIdx.z * stride_x + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldx;
-  w += blockIdx.z * stride_w;
-  y += blockIdx.z * stride_y + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldy;
-  m = min(static_cast<int64_t>(kGemvTokens), m - static_cast<int64_t>(blockIdx.y) * kGemvTokens);
-  const W* wj = w + j * cols;
+__device__ void RowTimesTokens(const float* x, int64_t ldx, int64_t m, const W* wj, int64_t cols,
+                               float* y, int64_t ldy, int lane) {
   float sum[kGemvTokens];
   for (int i = 0; i < kGemvTokens; ++i) sum[i] = 0.f;
   for (int64_t c = lane; c < cols; c += 32) {
@@ -82,25 +77,16 @@ __global__ void GemvKernel(const float* x, int64_t ldx, int64_t m, const W* w, i
     if (i >= m) break;
     float s = sum[i];
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
-    if (lane == 0) y[i * ldy + j] = s;
+    if (lane == 0) y[i * ldy] = s;
   }
 }
 
-// The same for BF16 weights whose rows and activations allow 16-byte loads
-// (cols a multiple of 8, aligned pointers and strides): each lane reads 8
-// weights per load, so a warp streams 512 contiguous bytes of its row,
-// which is what reaches the memory's bandwidth.
-__global__ void GemvBf16x8Kernel(const float* x, int64_t ldx, int64_t m, const uint16_t* w,
-                                 int64_t rows, int64_t cols, float* y, int64_t ldy,
-                                 int64_t stride_x, int64_t stride_w, int64_t stride_y) {
-  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (j >= rows) return;
-  x += blockIdx.z * stride_x + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldx;
-  w += blockIdx.z * stride_w;
-  y += blockIdx.z * stride_y + static_cast<int64_t>(blockIdx.y) * kGemvTokens * ldy;
-  m = min(static_cast<int64_t>(kGemvTokens), m - static_cast<int64_t>(blockIdx.y) * kGemvTokens);
-  const uint16_t* wj = w + j * cols;
+// The same for BF16 rows and activations that allow 16-byte loads (cols a
+// multiple of 8, aligned pointers and strides): each lane reads 8 weights
+// per load, so a warp streams 512 contiguous bytes of its row, which is what
+// reaches the memory's bandwidth.
+__device__ void RowTimesTokensWide(const float* x, int64_t ldx, int64_t m, const uint16_t* wj,
+                                   int64_t cols, float* y, int64_t ldy, int lane) {
   float sum[kGemvTokens];
   for (int i = 0; i < kGemvTokens; ++i) sum[i] = 0.f;
   for (int64_t c = lane * 8; c < cols; c += 32 * 8) {
@@ -123,7 +109,66 @@ __global__ void GemvBf16x8Kernel(const float* x, int64_t ldx, int64_t m, const u
     if (i >= m) break;
     float s = sum[i];
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
-    if (lane == 0) y[i * ldy + j] = s;
+    if (lane == 0) y[i * ldy] = s;
+  }
+}
+
+// How a product's rows are read: F32, BF16 two bytes per lane, or BF16
+// sixteen bytes per lane. Chosen from the weights and the activations'
+// layout, never from m.
+enum class RowKind : int { kF32, kBf16, kBf16Wide };
+
+__device__ void RowProduct(RowKind kind, const float* x, int64_t ldx, int64_t m, const void* w,
+                           int64_t j, int64_t cols, float* y, int64_t ldy, int lane) {
+  switch (kind) {
+    case RowKind::kF32:
+      RowTimesTokens(x, ldx, m, static_cast<const float*>(w) + j * cols, cols, y, ldy, lane);
+      break;
+    case RowKind::kBf16:
+      RowTimesTokens(x, ldx, m, static_cast<const uint16_t*>(w) + j * cols, cols, y, ldy, lane);
+      break;
+    case RowKind::kBf16Wide:
+      RowTimesTokensWide(x, ldx, m, static_cast<const uint16_t*>(w) + j * cols, cols, y, ldy, lane);
+      break;
+  }
+}
+
+// grid (row blocks, token tiles, batch): one warp per weight row and tile.
+__global__ void GemvKernel(RowKind kind, const float* x, int64_t ldx, int64_t m, const void* w,
+                           int element_bytes, int64_t rows, int64_t cols, float* y, int64_t ldy,
+                           int64_t stride_x, int64_t stride_w, int64_t stride_y) {
+  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (j >= rows) return;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * kGemvTokens;
+  x += blockIdx.z * stride_x + t0 * ldx;
+  w = static_cast<const uint8_t*>(w) + blockIdx.z * stride_w * element_bytes;
+  y += blockIdx.z * stride_y + t0 * ldy;
+  RowProduct(kind, x, ldx, min(static_cast<int64_t>(kGemvTokens), m - t0), w, j, cols, y + j, ldy,
+             lane);
+}
+
+// Products of different weights in one launch (a step's experts): grid y is
+// the product; each warp takes one row of it for all its token tiles, in
+// the order GemvKernel uses, so results match it bit for bit.
+struct DeviceProduct {
+  RowKind kind;
+  const float* x;
+  int64_t ldx, m;
+  const void* w;
+  int64_t rows, cols;
+  float* y;
+  int64_t ldy;
+};
+
+__global__ void GroupedGemvKernel(const DeviceProduct* products) {
+  const DeviceProduct p = products[blockIdx.y];
+  const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (j >= p.rows) return;
+  for (int64_t t0 = 0; t0 < p.m; t0 += kGemvTokens) {
+    RowProduct(p.kind, p.x + t0 * p.ldx, p.ldx, min(static_cast<int64_t>(kGemvTokens), p.m - t0),
+               p.w, j, p.cols, p.y + t0 * p.ldy + j, p.ldy, lane);
   }
 }
 
@@ -386,33 +431,34 @@ absl::Status LaunchRmsNorm(const float* x, int64_t x_stride, const float* w, int
   return Check(cudaGetLastError(), "RmsNorm");
 }
 
+namespace {
+
+// The path depends on the weights and the activations' layout, never on m,
+// so a token's sums keep their order whatever its batch.
+RowKind KindOf(const DeviceMatrix& w, const float* x, int64_t ldx, int64_t stride_x,
+               int64_t stride_w) {
+  if (!w.bf16) return RowKind::kF32;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool wide = w.cols % 8 == 0 && aligned(w.data) && aligned(x) && ldx % 4 == 0 &&
+                    stride_x % 4 == 0 && stride_w % 8 == 0;
+  return wide ? RowKind::kBf16Wide : RowKind::kBf16;
+}
+
+}  // namespace
+
 absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
                           int64_t ldy, cudaStream_t s, int64_t batch, int64_t stride_x,
                           int64_t stride_w, int64_t stride_y) {
   if (m <= 0 || w.rows <= 0 || batch <= 0) return absl::OkStatus();
-  const auto* w16 = static_cast<const uint16_t*>(w.data);
-  const auto* w32 = static_cast<const float*>(w.data);
   const unsigned z = static_cast<unsigned>(batch);
   const int64_t tiles = (m + kGemvTokens - 1) / kGemvTokens;
   if (tiles > 65535 || batch > 65535) {
     return absl::InvalidArgumentError(absl::StrCat("MatMul: ", m, " rows in ", batch, " batches"));
   }
   const dim3 grid(Blocks(w.rows * 32), static_cast<unsigned>(tiles), z);
-  // The path depends on the weights and the activations' layout, never on
-  // m, so a token's sums keep their order whatever its batch.
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool wide = w.bf16 && w.cols % 8 == 0 && aligned(w.data) && aligned(x) && ldx % 4 == 0 &&
-                    stride_x % 4 == 0 && stride_w % 8 == 0;
-  if (wide) {
-    GemvBf16x8Kernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x,
-                                               stride_w, stride_y);
-  } else if (w.bf16) {
-    GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w16, w.rows, w.cols, y, ldy, stride_x, stride_w,
-                                         stride_y);
-  } else {
-    GemvKernel<<<grid, kThreads, 0, s>>>(x, ldx, m, w32, w.rows, w.cols, y, ldy, stride_x, stride_w,
-                                         stride_y);
-  }
+  const RowKind kind = KindOf(w, x, ldx, stride_x, stride_w);
+  GemvKernel<<<grid, kThreads, 0, s>>>(kind, x, ldx, m, w.data, w.bf16 ? 2 : 4, w.rows, w.cols, y,
+                                       ldy, stride_x, stride_w, stride_y);
   return Check(cudaGetLastError(), "MatMul");
 }
 
@@ -538,6 +584,33 @@ absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) 
                   kThreads, 0, stream>>>(p.scores, p.heads, p.width, p.lora, p.cache, p.block_rows,
                                          p.tables, p.max_blocks, p.lengths, p.max_len, p.out);
   return Check(cudaGetLastError(), "MlaSums");
+}
+
+absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
+                                 DeviceBuffer& descriptors, cudaStream_t s) {
+  if (products.empty()) return absl::OkStatus();
+  if (products.size() > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("MatMul: ", products.size(), " products"));
+  }
+  std::vector<DeviceProduct> table;
+  int64_t rows = 0;
+  for (const GroupedProduct& p : products) {
+    table.push_back(
+        {KindOf(p.w, p.x, p.ldx, 0, 0), p.x, p.ldx, p.m, p.w.data, p.w.rows, p.w.cols, p.y, p.ldy});
+    rows = std::max(rows, p.w.rows);
+  }
+  const size_t bytes = sizeof(DeviceProduct) * table.size();
+  if (absl::Status r = descriptors.Resize(bytes); !r.ok()) return r;
+  // Stream-ordered: a launch still queued keeps reading its own table.
+  if (absl::Status c = Check(
+          cudaMemcpyAsync(descriptors.get<void>(), table.data(), bytes, cudaMemcpyHostToDevice, s),
+          "upload");
+      !c.ok()) {
+    return c;
+  }
+  GroupedGemvKernel<<<dim3(Blocks(rows * 32), static_cast<unsigned>(table.size())), kThreads, 0,
+                      s>>>(descriptors.get<DeviceProduct>());
+  return Check(cudaGetLastError(), "GroupedMatMul");
 }
 
 }  // namespace baton::cuda

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 
@@ -77,6 +78,20 @@ struct DeviceMatrix {
 absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
                           int64_t ldy, cudaStream_t s, int64_t batch = 1, int64_t stride_x = 0,
                           int64_t stride_w = 0, int64_t stride_y = 0);
+
+// One product of a group: y[i][j] = sum_c x[i][c] * w[j][c], i < m.
+struct GroupedProduct {
+  const float* x;
+  int64_t ldx, m;
+  DeviceMatrix w;
+  float* y;
+  int64_t ldy;
+};
+// Every product in one launch (a step's routed experts), each summed in
+// LaunchMatMul's order. `descriptors` holds the products' table on the
+// device (grown as needed; stream-ordered, so reusing it is safe).
+absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
+                                 DeviceBuffer& descriptors, cudaStream_t s);
 
 // Rotates the interleaved pairs of `dim` values at x[t][v] (vectors
 // v < per_token, each `vector_stride` floats apart; tokens `token_stride`

@@ -64,6 +64,40 @@ TEST_F(CudaOpsTest, MatMulBf16MatchesTheCpu) {
   }
 }
 
+// A step's experts in one launch: each product as the CPU computes it, and
+// bit for bit as the same product launched alone (batch invariance).
+TEST_F(CudaOpsTest, GroupedMatMulBf16MatchesTheCpuAndTheSingleLaunch) {
+  ThreadPool pool(2);
+  const int64_t rows = 2816, cols = 2048;  // A V2-Lite expert's gate/up.
+  std::vector<Matrix> weights;
+  std::vector<std::vector<float>> inputs;
+  const std::vector<int64_t> tokens = {1, 3, 9, 17};
+  for (int64_t m : tokens) {
+    Matrix w(DType::kBF16, rows, cols);
+    const std::vector<float> values = Random(rows * cols, 0.02f);
+    for (int64_t i = 0; i < rows * cols; ++i) w.bf16()[i] = FloatToBf16(values[i]);
+    weights.push_back(std::move(w));
+    inputs.push_back(Random(m * cols));
+  }
+  std::vector<std::vector<float>> grouped(tokens.size());
+  std::vector<cuda::Bf16Product> products;
+  for (size_t g = 0; g < tokens.size(); ++g) {
+    grouped[g].resize(tokens[g] * rows);
+    products.push_back(
+        {inputs[g].data(), tokens[g], weights[g].bf16(), rows, cols, grouped[g].data()});
+  }
+  ASSERT_TRUE(cuda::GroupedMatMulBf16(products).ok());
+  for (size_t g = 0; g < tokens.size(); ++g) {
+    const int64_t m = tokens[g];
+    std::vector<float> alone(m * rows), cpu(m * rows);
+    ASSERT_TRUE(
+        cuda::MatMulBf16(inputs[g].data(), m, weights[g].bf16(), rows, cols, alone.data()).ok());
+    kernels::MatMul(inputs[g].data(), cols, m, weights[g], cpu.data(), rows, pool);
+    EXPECT_EQ(grouped[g], alone) << "product " << g;
+    for (int64_t i = 0; i < m * rows; ++i) ASSERT_NEAR(grouped[g][i], cpu[i], 1e-3f) << g;
+  }
+}
+
 TEST_F(CudaOpsTest, RopeMatchesTheCpu) {
   const int64_t rows = 128, dim = 64;  // V3 heads x qk_rope_head_dim.
   std::vector<float> x = Random(rows * dim), cpu = x;
