@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -20,8 +21,13 @@ struct GoldenCase {
   std::string weights;  // Subdirectory holding the checkpoint ("" or "fp32").
 };
 
+// tests/data/golden/NAME; the BATON_TEST_DATA environment variable, where
+// set, names tests/data instead (a test binary carried to another machine,
+// scripts/gpu-bundle).
 inline std::string CaseDir(const GoldenCase& c) {
-  return std::string(BATON_TEST_DATA) + "/golden/" + c.name;
+  const char* data = std::getenv("BATON_TEST_DATA");
+  return std::string(data != nullptr && *data != '\0' ? data : BATON_TEST_DATA) + "/golden/" +
+         c.name;
 }
 
 struct Golden {
