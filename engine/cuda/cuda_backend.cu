@@ -118,6 +118,9 @@ class CudaBackend : public Backend {
     BATON_RETURN_IF_ERROR(Upload(inv_freq.data(), inv_freq.size(), inv_freq_, s()));
     BATON_RETURN_IF_ERROR(Put(weights.embed));
     embed_host_ = &weights.embed;
+    for (DeviceBuffer* table : {&up_table_, &down_table_}) {
+      BATON_RETURN_IF_ERROR(table->Resize(GroupedTableBytes(std::max(1, config.n_routed_experts))));
+    }
     max_inter_ = std::max<int64_t>(
         {config.intermediate_size, config.moe_intermediate_size,
          int64_t{config.moe_intermediate_size} * std::max(1, config.n_shared_experts)});

@@ -134,9 +134,12 @@ __device__ void RowProduct(RowKind kind, const float* x, int64_t ldx, int64_t m,
 }
 
 // grid (row blocks, token tiles, batch): one warp per weight row and tile.
-__global__ void GemvKernel(RowKind kind, const float* x, int64_t ldx, int64_t m, const void* w,
-                           int element_bytes, int64_t rows, int64_t cols, float* y, int64_t ldy,
-                           int64_t stride_x, int64_t stride_w, int64_t stride_y) {
+// The row kind is a template argument, so each kernel holds one body and
+// no more registers than it needs.
+template <RowKind kKind>
+__global__ void GemvKernel(const float* x, int64_t ldx, int64_t m, const void* w, int element_bytes,
+                           int64_t rows, int64_t cols, float* y, int64_t ldy, int64_t stride_x,
+                           int64_t stride_w, int64_t stride_y) {
   const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (j >= rows) return;
@@ -144,13 +147,14 @@ __global__ void GemvKernel(RowKind kind, const float* x, int64_t ldx, int64_t m,
   x += blockIdx.z * stride_x + t0 * ldx;
   w = static_cast<const uint8_t*>(w) + blockIdx.z * stride_w * element_bytes;
   y += blockIdx.z * stride_y + t0 * ldy;
-  RowProduct(kind, x, ldx, min(static_cast<int64_t>(kGemvTokens), m - t0), w, j, cols, y + j, ldy,
+  RowProduct(kKind, x, ldx, min(static_cast<int64_t>(kGemvTokens), m - t0), w, j, cols, y + j, ldy,
              lane);
 }
 
 // Products of different weights in one launch (a step's experts): grid y is
-// the product; each warp takes one row of it for all its token tiles, in
-// the order GemvKernel uses, so results match it bit for bit.
+// the product and z the token tile (blocks past a product's tokens leave at
+// once); each warp takes one row and tile, in the order GemvKernel uses, so
+// results match it bit for bit.
 struct DeviceProduct {
   RowKind kind;
   const float* x;
@@ -165,11 +169,10 @@ __global__ void GroupedGemvKernel(const DeviceProduct* products) {
   const DeviceProduct p = products[blockIdx.y];
   const int64_t j = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (j >= p.rows) return;
-  for (int64_t t0 = 0; t0 < p.m; t0 += kGemvTokens) {
-    RowProduct(p.kind, p.x + t0 * p.ldx, p.ldx, min(static_cast<int64_t>(kGemvTokens), p.m - t0),
-               p.w, j, p.cols, p.y + t0 * p.ldy + j, p.ldy, lane);
-  }
+  const int64_t t0 = static_cast<int64_t>(blockIdx.z) * kGemvTokens;
+  if (j >= p.rows || t0 >= p.m) return;
+  RowProduct(p.kind, p.x + t0 * p.ldx, p.ldx, min(static_cast<int64_t>(kGemvTokens), p.m - t0), p.w,
+             j, p.cols, p.y + t0 * p.ldy + j, p.ldy, lane);
 }
 
 __global__ void RopeKernel(float* x, int64_t tokens, int64_t token_stride, int64_t per_token,
@@ -456,9 +459,21 @@ absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMa
     return absl::InvalidArgumentError(absl::StrCat("MatMul: ", m, " rows in ", batch, " batches"));
   }
   const dim3 grid(Blocks(w.rows * 32), static_cast<unsigned>(tiles), z);
-  const RowKind kind = KindOf(w, x, ldx, stride_x, stride_w);
-  GemvKernel<<<grid, kThreads, 0, s>>>(kind, x, ldx, m, w.data, w.bf16 ? 2 : 4, w.rows, w.cols, y,
-                                       ldy, stride_x, stride_w, stride_y);
+  const int element_bytes = w.bf16 ? 2 : 4;
+  switch (KindOf(w, x, ldx, stride_x, stride_w)) {
+    case RowKind::kF32:
+      GemvKernel<RowKind::kF32><<<grid, kThreads, 0, s>>>(
+          x, ldx, m, w.data, element_bytes, w.rows, w.cols, y, ldy, stride_x, stride_w, stride_y);
+      break;
+    case RowKind::kBf16:
+      GemvKernel<RowKind::kBf16><<<grid, kThreads, 0, s>>>(
+          x, ldx, m, w.data, element_bytes, w.rows, w.cols, y, ldy, stride_x, stride_w, stride_y);
+      break;
+    case RowKind::kBf16Wide:
+      GemvKernel<RowKind::kBf16Wide><<<grid, kThreads, 0, s>>>(
+          x, ldx, m, w.data, element_bytes, w.rows, w.cols, y, ldy, stride_x, stride_w, stride_y);
+      break;
+  }
   return Check(cudaGetLastError(), "MatMul");
 }
 
@@ -586,6 +601,8 @@ absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) 
   return Check(cudaGetLastError(), "MlaSums");
 }
 
+size_t GroupedTableBytes(int64_t products) { return sizeof(DeviceProduct) * products; }
+
 absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
                                  DeviceBuffer& descriptors, cudaStream_t s) {
   if (products.empty()) return absl::OkStatus();
@@ -593,13 +610,16 @@ absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
     return absl::InvalidArgumentError(absl::StrCat("MatMul: ", products.size(), " products"));
   }
   std::vector<DeviceProduct> table;
-  int64_t rows = 0;
+  int64_t rows = 0, tiles = 0;
   for (const GroupedProduct& p : products) {
     table.push_back(
         {KindOf(p.w, p.x, p.ldx, 0, 0), p.x, p.ldx, p.m, p.w.data, p.w.rows, p.w.cols, p.y, p.ldy});
     rows = std::max(rows, p.w.rows);
+    tiles = std::max(tiles, (p.m + kGemvTokens - 1) / kGemvTokens);
   }
-  const size_t bytes = sizeof(DeviceProduct) * table.size();
+  if (rows == 0 || tiles == 0) return absl::OkStatus();
+  if (tiles > 65535) return absl::InvalidArgumentError(absl::StrCat("MatMul: ", tiles, " tiles"));
+  const size_t bytes = GroupedTableBytes(static_cast<int64_t>(table.size()));
   if (absl::Status r = descriptors.Resize(bytes); !r.ok()) return r;
   // Stream-ordered: a launch still queued keeps reading its own table.
   if (absl::Status c = Check(
@@ -608,8 +628,9 @@ absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
       !c.ok()) {
     return c;
   }
-  GroupedGemvKernel<<<dim3(Blocks(rows * 32), static_cast<unsigned>(table.size())), kThreads, 0,
-                      s>>>(descriptors.get<DeviceProduct>());
+  GroupedGemvKernel<<<dim3(Blocks(rows * 32), static_cast<unsigned>(table.size()),
+                           static_cast<unsigned>(tiles)),
+                      kThreads, 0, s>>>(descriptors.get<DeviceProduct>());
   return Check(cudaGetLastError(), "GroupedMatMul");
 }
 

@@ -89,7 +89,10 @@ struct GroupedProduct {
 };
 // Every product in one launch (a step's routed experts), each summed in
 // LaunchMatMul's order. `descriptors` holds the products' table on the
-// device (grown as needed; stream-ordered, so reusing it is safe).
+// device (grown as needed; size it with GroupedTableBytes up front to avoid
+// a cudaFree mid-pass); reusing it on one stream is safe, from two streams
+// at once it is not.
+size_t GroupedTableBytes(int64_t products);
 absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
                                  DeviceBuffer& descriptors, cudaStream_t s);
 
