@@ -5,6 +5,7 @@
 // product sums in one order whatever the batch); the device KV cache
 // exports and imports rows exactly (the disaggregated handoff). Skipped,
 // saying why, where no GPU is usable.
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +13,7 @@
 #include "engine/cuda/cuda_ops.h"
 #include "engine/deepseek_model.h"
 #include "engine/devices.h"
+#include "engine/engine.h"
 #include "gtest/gtest.h"
 #include "tests/support/golden.h"
 
@@ -144,6 +146,35 @@ TEST_P(CudaBackendTest, DeviceKvRowsExportAndImportExactly) {
   std::vector<uint8_t> again((rows - 5) * row_bytes);
   ASSERT_TRUE(gpu_cache_->ExportLayer(layer, b.table(), 5, rows, again.data()).ok());
   EXPECT_TRUE(std::equal(again.begin(), again.end(), in.begin() + 5 * row_bytes));
+}
+
+// The engine (scheduler, paged KV in device memory, sampler) on the GPU:
+// two requests batched, chunked under a small step budget, each giving the
+// golden greedy tokens, and every block back afterwards.
+TEST_P(CudaBackendTest, TheEngineOnTheGpuGeneratesTheGoldenTokens) {
+  EngineOptions options;
+  options.threads = 2;
+  options.step_token_budget = 24;  // The prompts prefill in chunks.
+  auto engine = Engine::Create(std::move(gpu_), options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const int64_t steps = static_cast<int64_t>(golden_.greedy_tokens.size());
+  for (int64_t id : {1, 2}) {
+    EngineRequest r;
+    r.id = id;
+    r.prompt = golden_.input_ids;
+    r.sampling.max_tokens = steps;
+    ASSERT_TRUE((*engine)->Add(r).ok());
+  }
+  std::map<int64_t, std::vector<int32_t>> tokens;
+  for (int guard = 0; (*engine)->HasWork() && guard < 10000; ++guard) {
+    for (const TokenEvent& e : (*engine)->Step()) {
+      ASSERT_NE(e.finish, FinishReason::kError) << e.error;
+      if (e.has_token) tokens[e.request_id].push_back(e.token.id);
+    }
+  }
+  EXPECT_EQ(tokens[1], golden_.greedy_tokens);
+  EXPECT_EQ(tokens[2], golden_.greedy_tokens);
+  EXPECT_EQ((*engine)->stats().kv_blocks_used, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Checkpoints, CudaBackendTest,
