@@ -123,8 +123,8 @@ int Main(int argc, char** argv) {
   nlohmann::json header = nlohmann::json::object();
   int64_t offset = 0;
   for (const Tensor& t : tensors) {
-    nlohmann::json shape = t.rows == 1 ? nlohmann::json::array({t.cols})
-                                       : nlohmann::json::array({t.rows, t.cols});
+    nlohmann::json shape =
+        t.rows == 1 ? nlohmann::json::array({t.cols}) : nlohmann::json::array({t.rows, t.cols});
     header[t.name] = {{"dtype", t.bf16 ? "BF16" : "F32"},
                       {"shape", shape},
                       {"data_offsets", {offset, offset + t.bytes()}}};
@@ -167,7 +167,8 @@ int Main(int argc, char** argv) {
   }
   ok = std::fclose(f) == 0 && ok;
   FILE* c = std::fopen((dir + "/config.json").c_str(), "w");
-  ok = ok && c != nullptr && std::fprintf(c, "%s\n", V2LiteConfig(layers, vocab).dump(2).c_str()) > 0;
+  ok = ok && c != nullptr &&
+       std::fprintf(c, "%s\n", V2LiteConfig(layers, vocab).dump(2).c_str()) > 0;
   if (c != nullptr) ok = std::fclose(c) == 0 && ok;
   if (!ok) {
     std::fprintf(stderr, "baton-make-model: writing %s failed\n", dir.c_str());

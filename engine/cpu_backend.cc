@@ -11,6 +11,14 @@ namespace {
 
 inline float Silu(float x) { return x / (1.0f + std::exp(-x)); }
 
+// SwiGLU between a MLP's two products, in place: h[r][d] = silu(gate) * up
+// for `rows` rows of [gate (inter) | up (inter)].
+void SwiGlu(float* h, int64_t rows, int64_t inter) {
+  for (int64_t r = 0; r < rows; ++r, h += 2 * inter) {
+    for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
+  }
+}
+
 template <typename T>
 void EnsureSize(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -348,10 +356,7 @@ absl::Status CpuBackend::Mlp(const MlpWeights& mlp) {
   float* out = ws.out.data();
   EnsureSize(ws.mlp_hidden, rows * 2 * inter);
   kernels::MatMul(x, hidden, rows, mlp.gate_up, ws.mlp_hidden.data(), 2 * inter, pool, precision_);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* h = &ws.mlp_hidden[r * 2 * inter];
-    for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
-  }
+  SwiGlu(ws.mlp_hidden.data(), rows, inter);
   kernels::MatMul(ws.mlp_hidden.data(), 2 * inter, rows, mlp.down, out, hidden, pool, precision_);
   return absl::OkStatus();
 }
@@ -408,10 +413,7 @@ absl::Status CpuBackend::Experts(const MoeWeights& moe, const ExpertRouting& rou
   products.clear();
   for (const Part& p : parts) {
     const int64_t inter = p.mlp->inter;
-    for (int64_t r = 0; r < p.rows; ++r) {
-      float* h = &ws.mlp_hidden[p.hidden_at + r * 2 * inter];
-      for (int64_t d = 0; d < inter; ++d) h[d] = Silu(h[d]) * h[inter + d];
-    }
+    SwiGlu(&ws.mlp_hidden[p.hidden_at], p.rows, inter);
     products.push_back(
         {&ws.mlp_hidden[p.hidden_at], 2 * inter, p.rows, &p.mlp->down, p.out, hidden});
   }

@@ -232,27 +232,33 @@ absl::Status DeepseekModel::Moe(const MoeWeights& moe) {
   BATON_RETURN_IF_ERROR(backend_->RouterLogits(moe.router, &router_logits_));
   Account(moe.router, T);
 
-  // Group the tokens by expert so that each expert's weights are read once.
-  std::vector<std::vector<std::pair<int64_t, float>>> assigned(n);
+  // Each token's experts, then the tokens grouped by expert (in token order
+  // within one) so that each expert's weights are read once.
+  std::vector<int> chosen;
+  std::vector<float> chosen_weight, weights;
   std::vector<int> experts;
-  std::vector<float> weights;
   for (int64_t t = 0; t < T; ++t) {
     Route(moe, &router_logits_[t * n], &experts, &weights);
-    for (size_t i = 0; i < experts.size(); ++i) assigned[experts[i]].push_back({t, weights[i]});
+    chosen.insert(chosen.end(), experts.begin(), experts.end());
+    chosen_weight.insert(chosen_weight.end(), weights.begin(), weights.end());
   }
+  const int64_t per_token = config_.num_experts_per_tok;  // Route's count, always.
   ExpertRouting& r = routing_;
   r.first.assign(n + 1, 0);
-  r.token.clear();
-  r.weight.clear();
+  for (int e : chosen) ++r.first[e + 1];
+  for (int64_t e = 0; e < n; ++e) r.first[e + 1] += r.first[e];
+  r.token.resize(chosen.size());
+  r.weight.resize(chosen.size());
+  std::vector<int64_t> next(r.first.begin(), r.first.end() - 1);
+  for (size_t i = 0; i < chosen.size(); ++i) {
+    const int64_t at = next[chosen[i]]++;
+    r.token[at] = static_cast<int64_t>(i) / per_token;
+    r.weight[at] = chosen_weight[i];
+  }
   for (int64_t e = 0; e < n; ++e) {
-    for (const auto& [token, weight] : assigned[e]) {
-      r.token.push_back(token);
-      r.weight.push_back(weight);
-    }
-    r.first[e + 1] = static_cast<int64_t>(r.token.size());
-    if (!assigned[e].empty()) {
-      Account(moe.experts[e].gate_up, static_cast<int64_t>(assigned[e].size()));
-      Account(moe.experts[e].down, static_cast<int64_t>(assigned[e].size()));
+    if (const int64_t rows = r.first[e + 1] - r.first[e]; rows > 0) {
+      Account(moe.experts[e].gate_up, rows);
+      Account(moe.experts[e].down, rows);
     }
   }
   if (moe.shared.inter > 0) {

@@ -87,20 +87,22 @@ KvCache::KvCache(int num_layers, int width, int block_size, int64_t num_blocks, 
   for (int64_t b = num_blocks - 1; b >= 0; --b) free_list_.push_back(static_cast<int32_t>(b));
 }
 
-absl::Status KvCache::ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin,
-                                  int64_t end, void* out) const {
+std::vector<int64_t> KvCache::RowOffsets(int layer, const std::vector<int32_t>& table,
+                                         int64_t begin, int64_t end) const {
   std::vector<int64_t> offsets;
   offsets.reserve(end - begin);
   for (int64_t pos = begin; pos < end; ++pos) offsets.push_back(RowOffset(layer, table, pos));
-  return memory_->ReadRows(offsets, row_bytes(), out);
+  return offsets;
+}
+
+absl::Status KvCache::ExportLayer(int layer, const std::vector<int32_t>& table, int64_t begin,
+                                  int64_t end, void* out) const {
+  return memory_->ReadRows(RowOffsets(layer, table, begin, end), row_bytes(), out);
 }
 
 absl::Status KvCache::ImportLayer(int layer, const std::vector<int32_t>& table, int64_t begin,
                                   int64_t end, const void* in) {
-  std::vector<int64_t> offsets;
-  offsets.reserve(end - begin);
-  for (int64_t pos = begin; pos < end; ++pos) offsets.push_back(RowOffset(layer, table, pos));
-  return memory_->WriteRows(offsets, row_bytes(), in);
+  return memory_->WriteRows(RowOffsets(layer, table, begin, end), row_bytes(), in);
 }
 
 }  // namespace baton

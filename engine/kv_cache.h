@@ -130,6 +130,9 @@ class KvCache {
 
  private:
   friend class KvBlocks;
+  // RowOffset of tokens [begin, end) of one layer.
+  std::vector<int64_t> RowOffsets(int layer, const std::vector<int32_t>& table, int64_t begin,
+                                  int64_t end) const;
 
   int num_layers_;
   int width_;

@@ -14,28 +14,6 @@
 namespace baton::cuda {
 namespace {
 
-// Host to device, into `buffer` (grown as needed), queued on `s`. The host
-// memory may be reused on return because it is pageable: the driver stages
-// it before returning. (Pinned memory would be read later, by the copy
-// itself: it must then outlive the stream's progress past the copy.)
-template <typename T>
-absl::Status Upload(const T* host, size_t count, DeviceBuffer& buffer, cudaStream_t s) {
-  BATON_RETURN_IF_ERROR(buffer.Resize(sizeof(T) * count));
-  if (count == 0) return absl::OkStatus();
-  return Check(
-      cudaMemcpyAsync(buffer.get<void>(), host, sizeof(T) * count, cudaMemcpyHostToDevice, s),
-      "upload");
-}
-
-// Device to host, waiting until the bytes are there.
-absl::Status Download(const void* device, size_t bytes, void* host, cudaStream_t s) {
-  if (bytes > 0) {
-    BATON_RETURN_IF_ERROR(
-        Check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, s), "download"));
-  }
-  return Check(cudaStreamSynchronize(s), "synchronize");
-}
-
 // A KV cache's rows in device memory. Copies to and from the host (the
 // disaggregated handoff) run on the memory's own stream, one at a time, and
 // are complete when they return.
@@ -329,8 +307,7 @@ class CudaBackend : public Backend {
     // all their rows, every down product in one launch (a decode step's
     // experts are each too small to be worth a launch of their own).
     const int64_t inter = config_.moe_intermediate_size;
-    BATON_RETURN_IF_ERROR(expert_hidden_.Resize(4 * std::max<int64_t>(rows, 1) * 2 * inter));
-    float* h = expert_hidden_.get<float>();
+    float* h = expert_hidden_.get<float>();  // Sized in Begin: rows <= T * experts per token.
     std::vector<GroupedProduct> up, down;
     for (int64_t e = 0; e < experts; ++e) {
       const int64_t first = routing.first[e], count = routing.first[e + 1] - first;

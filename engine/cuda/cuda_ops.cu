@@ -15,12 +15,8 @@ namespace {
 // Copies `count` elements to a new device buffer.
 template <typename T>
 absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t count, cudaStream_t s) {
-  auto buffer = std::make_unique<DeviceBuffer>(sizeof(T) * count);
-  if (!buffer->status().ok()) return buffer->status();
-  absl::Status copied =
-      Check(cudaMemcpyAsync(buffer->get<T>(), host, sizeof(T) * count, cudaMemcpyHostToDevice, s),
-            "upload");
-  if (!copied.ok()) return copied;
+  auto buffer = std::make_unique<DeviceBuffer>();
+  if (absl::Status u = Upload(host, static_cast<size_t>(count), *buffer, s); !u.ok()) return u;
   return buffer;
 }
 
@@ -29,13 +25,7 @@ absl::StatusOr<std::unique_ptr<DeviceBuffer>> Upload(const T* host, int64_t coun
 absl::Status FinishLaunch(const char* op, float* host, const float* device, int64_t count,
                           cudaStream_t s) {
   if (absl::Status k = Check(cudaGetLastError(), op); !k.ok()) return k;
-  if (absl::Status c =
-          Check(cudaMemcpyAsync(host, device, sizeof(float) * count, cudaMemcpyDeviceToHost, s),
-                "download");
-      !c.ok()) {
-    return c;
-  }
-  return Check(cudaStreamSynchronize(s), op);
+  return Download(device, sizeof(float) * count, host, s);
 }
 
 }  // namespace

@@ -426,6 +426,17 @@ Stream::~Stream() {
   if (s_ != nullptr) (void)cudaStreamDestroy(s_);
 }
 
+absl::Status Download(const void* device, size_t bytes, void* host, cudaStream_t s) {
+  if (bytes > 0) {
+    if (absl::Status c =
+            Check(cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, s), "download");
+        !c.ok()) {
+      return c;
+    }
+  }
+  return Check(cudaStreamSynchronize(s), "synchronize");
+}
+
 absl::Status LaunchRmsNorm(const float* x, int64_t x_stride, const float* w, int64_t rows,
                            int64_t n, float eps, float* out, int64_t out_stride, cudaStream_t s) {
   if (rows <= 0) return absl::OkStatus();
@@ -619,15 +630,8 @@ absl::Status LaunchGroupedMatMul(const std::vector<GroupedProduct>& products,
   }
   if (rows == 0 || tiles == 0) return absl::OkStatus();
   if (tiles > 65535) return absl::InvalidArgumentError(absl::StrCat("MatMul: ", tiles, " tiles"));
-  const size_t bytes = GroupedTableBytes(static_cast<int64_t>(table.size()));
-  if (absl::Status r = descriptors.Resize(bytes); !r.ok()) return r;
   // Stream-ordered: a launch still queued keeps reading its own table.
-  if (absl::Status c = Check(
-          cudaMemcpyAsync(descriptors.get<void>(), table.data(), bytes, cudaMemcpyHostToDevice, s),
-          "upload");
-      !c.ok()) {
-    return c;
-  }
+  if (absl::Status u = Upload(table.data(), table.size(), descriptors, s); !u.ok()) return u;
   GroupedGemvKernel<<<dim3(Blocks(rows * 32), static_cast<unsigned>(table.size()),
                            static_cast<unsigned>(tiles)),
                       kThreads, 0, s>>>(descriptors.get<DeviceProduct>());

@@ -59,6 +59,23 @@ class Stream {
   absl::Status status_;
 };
 
+// Host to device, into `buffer` (grown as needed), queued on `s`. The host
+// memory may be reused on return because it is pageable: the driver stages
+// it before returning. (Pinned memory would be read later, by the copy
+// itself: it must then outlive the stream's progress past the copy.)
+template <typename T>
+absl::Status Upload(const T* host, size_t count, DeviceBuffer& buffer, cudaStream_t s) {
+  if (absl::Status r = buffer.Resize(sizeof(T) * count); !r.ok()) return r;
+  if (count == 0) return absl::OkStatus();
+  return Check(
+      cudaMemcpyAsync(buffer.get<void>(), host, sizeof(T) * count, cudaMemcpyHostToDevice, s),
+      "upload");
+}
+
+// Device to host, waiting until the bytes are there (and for everything
+// queued on `s` before them).
+absl::Status Download(const void* device, size_t bytes, void* host, cudaStream_t s);
+
 // out[r][:n] = x[r][:n] * rsqrt(mean(x[r][:n]^2) + eps) * w, rows apart by
 // the strides (in floats); out may be x.
 absl::Status LaunchRmsNorm(const float* x, int64_t x_stride, const float* w, int64_t rows,

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/integration/process.h"
+#include "tests/support/golden.h"
 
 namespace baton {
 namespace {
@@ -30,29 +31,12 @@ struct Golden {
 };
 
 Golden LoadGolden() {
-  auto file = SafetensorsFile::Open(kTinyA + "/golden.safetensors");
+  const golden::Golden file = golden::LoadGolden({"tiny-a", ""});
   Golden g;
-  if (!file.ok()) return g;
-  auto ids = [&](const std::string& name) {
-    const TensorView& v = (*file)->tensors().at(name);
-    std::vector<uint32_t> out(v.num_elements());
-    for (size_t i = 0; i < out.size(); ++i) {
-      int64_t x;
-      std::memcpy(&x, v.data + 8 * i, 8);
-      out[i] = static_cast<uint32_t>(x);
-    }
-    return out;
-  };
-  g.input_ids = ids("input_ids");
-  g.greedy_tokens = ids("greedy_tokens");
-  auto floats = [&](const std::string& name) {
-    const TensorView& v = (*file)->tensors().at(name);
-    std::vector<float> out(v.num_elements());
-    std::memcpy(out.data(), v.data, v.num_bytes);
-    return out;
-  };
-  const std::vector<float> last = floats("fp32.absorb.prefill_last_logits");
-  const std::vector<float> decode = floats("fp32.absorb.decode_logits");
+  g.input_ids.assign(file.input_ids.begin(), file.input_ids.end());
+  g.greedy_tokens.assign(file.greedy_tokens.begin(), file.greedy_tokens.end());
+  const std::vector<float>& last = file.prefill_last;
+  const std::vector<float>& decode = file.decode;
   const size_t vocab = last.size();
   g.step_logits.push_back(last);
   for (size_t k = 0; k * vocab < decode.size(); ++k) {

@@ -9,6 +9,7 @@
 #include "engine/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/golden.h"
 
 namespace baton {
 namespace {
@@ -19,14 +20,7 @@ const std::string kTinyA = std::string(BATON_TEST_DATA) + "/golden/tiny-a";
 
 std::vector<int32_t> GoldenIds(const std::string& name) {
   auto file = SafetensorsFile::Open(kTinyA + "/golden.safetensors");
-  const TensorView& v = (*file)->tensors().at(name);
-  std::vector<int32_t> out(v.num_elements());
-  for (size_t i = 0; i < out.size(); ++i) {
-    int64_t x;
-    std::memcpy(&x, v.data + 8 * i, 8);
-    out[i] = static_cast<int32_t>(x);
-  }
-  return out;
+  return golden::ReadIds(**file, name);
 }
 
 std::unique_ptr<Engine> MakeEngine(EngineOptions options = {}) {
