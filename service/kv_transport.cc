@@ -11,6 +11,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -39,25 +40,43 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == 24);
 
-// Reads exactly n bytes, waiting at most timeout_ms for each piece. The
+// Wakes a reader blocked on `fd` only once `bytes` have arrived (at most
+// kMaxWakeBytes, so that a large transfer still drains while it streams in),
+// instead of once per TCP segment or frame: on two cores, every wake-up of
+// the decode worker's receiver takes a core from the prefill's compute.
+constexpr size_t kMaxWakeBytes = size_t{256} << 10;
+void SetWakeThreshold(int fd, size_t bytes) {
+  const int low = static_cast<int>(std::clamp<size_t>(bytes, 1, kMaxWakeBytes));
+  setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &low, sizeof low);
+}
+
+// Reads exactly n bytes; fails when no byte arrives for timeout_ms. The
 // socket's receive timeout does the waiting, so a large frame costs one
-// system call per kernel buffer, not two.
+// system call per kernel buffer, not two. It waits in slices of at most a
+// second because a receive that times out returns the bytes held below the
+// wake threshold: a sender that goes silent after a few bytes is then cut
+// off a slice after timeout_ms, not a whole timeout later.
 absl::Status ReadFull(int fd, void* data, size_t n, int timeout_ms) {
-  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  const int slice_ms = std::min(timeout_ms, 1000);
+  timeval tv{slice_ms / 1000, (slice_ms % 1000) * 1000};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   auto* p = static_cast<uint8_t*>(data);
+  int silent_ms = 0;
   while (n > 0) {
     const ssize_t got = recv(fd, p, n, MSG_WAITALL);
     if (got == 0) return absl::UnavailableError("the peer closed the data channel");
     if (got < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        return absl::DeadlineExceededError("the peer went silent");
+        silent_ms += slice_ms;
+        if (silent_ms >= timeout_ms) return absl::DeadlineExceededError("the peer went silent");
+        continue;
       }
       return absl::UnavailableError(absl::StrCat("read failed: ", std::strerror(errno)));
     }
     p += got;
     n -= static_cast<size_t>(got);
+    silent_ms = 0;
   }
   return absl::OkStatus();
 }
@@ -350,7 +369,12 @@ bool KvReceiver::ServeTransfer(int fd) {
   std::vector<int64_t> rows_per_layer(layout_.layers, 0);
   std::vector<uint8_t> rows;
   uint64_t bytes = 0;
+  // The least the frames can add up to (one per layer; more frames only add
+  // headers): the receiver sleeps until they are all in, or kMaxWakeBytes.
+  const uint64_t frame_bytes =
+      static_cast<uint64_t>(layout_.layers) * (sizeof h + tokens * layout_.row_bytes());
   while (true) {
+    SetWakeThreshold(fd, bytes < frame_bytes ? frame_bytes - bytes : 1);
     if (absl::Status s = ReadFull(fd, &h, sizeof h, kIdleTimeoutMs); !s.ok()) {
       return fail(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
     }

@@ -272,6 +272,27 @@ TEST(KvTransportTest, ASenderThatDiesFailsTheTransferAtOnce) {
   EXPECT_FALSE(s.ok());
 }
 
+// The receiver sleeps until a transfer's frames are all in (one wake-up, not
+// one per segment), yet a sender that goes silent after a frame is still cut
+// off about kIdleTimeoutMs after its last byte, not a timeout later.
+TEST(KvTransportTest, ASenderSilentAfterAFrameIsCutOffInTime) {
+  Channel c;
+  std::promise<absl::Status> received;
+  c.receiver->Expect(8, 7, 10, [&](absl::Status s, std::string) { received.set_value(s); });
+  KvSender sender(c.address(), 8, kLayout, "s3cret", [](absl::Status) {});
+  sender.Send(0, 0, 5, Rows(0, 0, 5));  // Then nothing, the connection open.
+  const auto start = std::chrono::steady_clock::now();
+  auto future = received.get_future();
+  ASSERT_EQ(future.wait_for(std::chrono::milliseconds(KvReceiver::kIdleTimeoutMs * 3 / 2)),
+            std::future_status::ready)
+      << "a silent sender held the transfer for more than 1.5 idle timeouts";
+  EXPECT_EQ(future.get().code(), absl::StatusCode::kUnavailable);
+  EXPECT_GE(std::chrono::steady_clock::now() - start,
+            std::chrono::milliseconds(KvReceiver::kIdleTimeoutMs - 100));
+  absl::MutexLock lock(&c.sink.mu_);
+  EXPECT_EQ(c.sink.rows_.size(), 5u);  // The frame that came was imported.
+}
+
 TEST(KvTransportTest, ForgottenTransferStopsTheSender) {
   Channel c;
   c.receiver->Expect(6, 7, 1 << 20, [](absl::Status, std::string) {});
