@@ -1,7 +1,10 @@
+#include <cublas_v2.h>  // Types only: the library is opened at run time.
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -27,6 +30,46 @@ absl::Status FinishLaunch(const char* op, float* host, const float* device, int6
   if (absl::Status k = Check(cudaGetLastError(), op); !k.ok()) return k;
   return Download(device, sizeof(float) * count, host, s);
 }
+
+// The median seconds of `reps` calls of `launch` on `s` (after one warm-up),
+// each timed with CUDA events.
+absl::StatusOr<double> MedianSeconds(cudaStream_t s, const std::function<absl::Status()>& launch,
+                                     int reps) {
+  if (absl::Status w = launch(); !w.ok()) return w;  // Warm-up.
+  cudaEvent_t start, stop;
+  if (absl::Status e = Check(cudaEventCreate(&start), "event"); !e.ok()) return e;
+  if (absl::Status e = Check(cudaEventCreate(&stop), "event"); !e.ok()) {
+    (void)cudaEventDestroy(start);
+    return e;
+  }
+  std::vector<float> ms(reps);
+  auto timed = [&](float* elapsed) -> absl::Status {
+    if (absl::Status r = Check(cudaEventRecord(start, s), "record"); !r.ok()) return r;
+    if (absl::Status r = launch(); !r.ok()) return r;
+    if (absl::Status r = Check(cudaEventRecord(stop, s), "record"); !r.ok()) return r;
+    if (absl::Status r = Check(cudaEventSynchronize(stop), "sync"); !r.ok()) return r;
+    return Check(cudaEventElapsedTime(elapsed, start, stop), "elapsed");
+  };
+  absl::Status failed;
+  for (int r = 0; r < reps; ++r) {
+    if (absl::Status t = timed(&ms[r]); !t.ok()) {
+      failed = t;
+      break;
+    }
+  }
+  (void)cudaEventDestroy(start);
+  (void)cudaEventDestroy(stop);
+  if (!failed.ok()) return failed;
+  std::sort(ms.begin(), ms.end());
+  return ms[reps / 2] * 1e-3;
+}
+
+// Deterministic filler: any values do where only time is measured.
+struct Filler {
+  uint32_t x = 12345;
+  float Next() { return static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) * 1e-8f; }
+  uint16_t NextBf16() { return static_cast<uint16_t>(0x3c00 + ((x = x * 1664525u + 1u) >> 24)); }
+};
 
 }  // namespace
 
@@ -194,9 +237,9 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
   std::vector<float> q(tokens * heads * kWidth);
   std::vector<uint16_t> cache(blocks * kBlockRows * kWidth);
   std::vector<int32_t> tables(blocks), lengths(tokens, static_cast<int32_t>(context));
-  uint32_t x = 12345;  // Any values do: only time is measured.
-  for (float& v : q) v = static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) * 1e-8f;
-  for (uint16_t& v : cache) v = static_cast<uint16_t>(0x3c00 + ((x = x * 1664525u + 1u) >> 24));
+  Filler fill;
+  for (float& v : q) v = fill.Next();
+  for (uint16_t& v : cache) v = fill.NextBf16();
   for (int64_t b = 0; b < blocks; ++b) tables[b] = static_cast<int32_t>(b);
   Stream stream;
   if (!stream.status().ok()) return stream.status();
@@ -226,34 +269,130 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
                            0.04f,
                            scores.get<float>(),
                            dout.get<float>()};
-  auto launch = [&] { return LaunchMlaDecodeAttention(problem, stream.get()); };
-  if (absl::Status s = launch(); !s.ok()) return s;  // Warm-up.
-  cudaEvent_t start, stop;
-  if (absl::Status s = Check(cudaEventCreate(&start), "event"); !s.ok()) return s;
-  if (absl::Status s = Check(cudaEventCreate(&stop), "event"); !s.ok()) {
-    (void)cudaEventDestroy(start);
-    return s;
+  return MedianSeconds(
+      stream.get(), [&] { return LaunchMlaDecodeAttention(problem, stream.get()); }, reps);
+}
+
+absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps) {
+  if (m <= 0 || k <= 0 || n <= 0 || reps <= 0) {
+    return absl::InvalidArgumentError("TimeMatMulBf16: bad shape");
   }
-  std::vector<float> ms(reps);
-  auto timed = [&](float* elapsed) -> absl::Status {
-    if (absl::Status s = Check(cudaEventRecord(start, stream.get()), "record"); !s.ok()) return s;
-    if (absl::Status s = launch(); !s.ok()) return s;
-    if (absl::Status s = Check(cudaEventRecord(stop, stream.get()), "record"); !s.ok()) return s;
-    if (absl::Status s = Check(cudaEventSynchronize(stop), "sync"); !s.ok()) return s;
-    return Check(cudaEventElapsedTime(elapsed, start, stop), "elapsed");
-  };
-  absl::Status failed;
-  for (int r = 0; r < reps; ++r) {
-    if (absl::Status s = timed(&ms[r]); !s.ok()) {
-      failed.Update(s);
-      break;
+  Filler fill;
+  std::vector<float> x(m * k);
+  std::vector<uint16_t> w(n * k);
+  for (float& v : x) v = fill.Next();
+  for (uint16_t& v : w) v = fill.NextBf16();
+  Stream stream;
+  if (!stream.status().ok()) return stream.status();
+  auto dx = Upload(x.data(), m * k, stream.get());
+  if (!dx.ok()) return dx.status();
+  auto dw = Upload(w.data(), n * k, stream.get());
+  if (!dw.ok()) return dw.status();
+  DeviceBuffer dy(sizeof(float) * m * n);
+  if (!dy.status().ok()) return dy.status();
+  const DeviceMatrix matrix{(*dw)->get<uint16_t>(), /*bf16=*/true, n, k};
+  return MedianSeconds(
+      stream.get(),
+      [&] { return LaunchMatMul((*dx)->get<float>(), k, m, matrix, dy.get<float>(), n, stream.get()); },
+      reps);
+}
+
+namespace {
+
+// cuBLAS, opened at run time: the benchmark's reference needs it, the
+// backend does not, and a machine without it still runs everything else.
+class Cublas {
+ public:
+  static absl::StatusOr<std::unique_ptr<Cublas>> Open() {
+    auto cublas = std::unique_ptr<Cublas>(new Cublas());
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"}) {
+      cublas->library_ = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (cublas->library_ != nullptr) break;
     }
+    if (cublas->library_ == nullptr) {
+      return absl::NotFoundError(absl::StrCat("cuBLAS not found: ", dlerror()));
+    }
+    if (!cublas->Resolve(&cublas->create_, "cublasCreate_v2") ||
+        !cublas->Resolve(&cublas->destroy_, "cublasDestroy_v2") ||
+        !cublas->Resolve(&cublas->set_stream_, "cublasSetStream_v2") ||
+        !cublas->Resolve(&cublas->gemm_ex_, "cublasGemmEx")) {
+      return absl::NotFoundError("cuBLAS lacks cublasCreate_v2, cublasSetStream_v2 or cublasGemmEx");
+    }
+    if (cublas->create_(&cublas->handle_) != CUBLAS_STATUS_SUCCESS) {
+      return absl::InternalError("cublasCreate failed");
+    }
+    return cublas;
   }
-  (void)cudaEventDestroy(start);
-  (void)cudaEventDestroy(stop);
-  if (!failed.ok()) return failed;
-  std::sort(ms.begin(), ms.end());
-  return ms[reps / 2] * 1e-3;
+  ~Cublas() {
+    if (handle_ != nullptr) destroy_(handle_);
+    if (library_ != nullptr) dlclose(library_);
+  }
+
+  // Row-major y[m][n] (fp32) = x[m][k] * w[n][k]^T with BF16 inputs and fp32
+  // accumulation: column-major y^T = w^T^T * x^T, so w transposed.
+  absl::Status GemmBf16(const uint16_t* x, const uint16_t* w, float* y, int64_t m, int64_t k,
+                        int64_t n, cudaStream_t s) {
+    const float alpha = 1.f, beta = 0.f;
+    if (set_stream_(handle_, s) != CUBLAS_STATUS_SUCCESS) {
+      return absl::InternalError("cublasSetStream failed");
+    }
+    const cublasStatus_t status =
+        gemm_ex_(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
+                 static_cast<int>(k), &alpha, w, CUDA_R_16BF, static_cast<int>(k), x, CUDA_R_16BF,
+                 static_cast<int>(k), &beta, y, CUDA_R_32F, static_cast<int>(n),
+                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (status != CUBLAS_STATUS_SUCCESS) {
+      return absl::InternalError(absl::StrCat("cublasGemmEx failed: status ", status));
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  Cublas() = default;
+  template <typename F>
+  bool Resolve(F* f, const char* symbol) {
+    *f = reinterpret_cast<F>(dlsym(library_, symbol));
+    return *f != nullptr;
+  }
+
+  void* library_ = nullptr;
+  cublasHandle_t handle_ = nullptr;
+  cublasStatus_t (*create_)(cublasHandle_t*) = nullptr;
+  cublasStatus_t (*destroy_)(cublasHandle_t) = nullptr;
+  cublasStatus_t (*set_stream_)(cublasHandle_t, cudaStream_t) = nullptr;
+  cublasStatus_t (*gemm_ex_)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                             const void*, const void*, cudaDataType, int, const void*,
+                             cudaDataType, int, const void*, void*, cudaDataType, int,
+                             cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
+};
+
+}  // namespace
+
+absl::StatusOr<double> TimeCublasGemmBf16(int64_t m, int64_t k, int64_t n, int reps) {
+  if (m <= 0 || k <= 0 || n <= 0 || reps <= 0) {
+    return absl::InvalidArgumentError("TimeCublasGemmBf16: bad shape");
+  }
+  auto cublas = Cublas::Open();
+  if (!cublas.ok()) return cublas.status();
+  Filler fill;
+  std::vector<uint16_t> x(m * k), w(n * k);
+  for (uint16_t& v : x) v = fill.NextBf16();
+  for (uint16_t& v : w) v = fill.NextBf16();
+  Stream stream;
+  if (!stream.status().ok()) return stream.status();
+  auto dx = Upload(x.data(), m * k, stream.get());
+  if (!dx.ok()) return dx.status();
+  auto dw = Upload(w.data(), n * k, stream.get());
+  if (!dw.ok()) return dw.status();
+  DeviceBuffer dy(sizeof(float) * m * n);
+  if (!dy.status().ok()) return dy.status();
+  return MedianSeconds(
+      stream.get(),
+      [&] {
+        return (*cublas)->GemmBf16((*dx)->get<uint16_t>(), (*dw)->get<uint16_t>(),
+                                   dy.get<float>(), m, k, n, stream.get());
+      },
+      reps);
 }
 
 }  // namespace baton::cuda

@@ -71,6 +71,17 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
 absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int64_t context,
                                               int reps);
 
+// Times MatMulBf16's kernel (the backend's products) alone on
+// device-resident random data: x [m][k] fp32, w [n][k] BF16. Median seconds
+// per call over `reps`.
+absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps);
+
+// The same product through cuBLAS (cublasGemmEx, BF16 inputs, fp32
+// accumulation and output: tensor cores), the reference a prefill GEMM is
+// measured against. cuBLAS is opened at run time: NOT_FOUND where it is
+// missing.
+absl::StatusOr<double> TimeCublasGemmBf16(int64_t m, int64_t k, int64_t n, int reps);
+
 }  // namespace baton::cuda
 
 #endif  // BATON_ENGINE_CUDA_CUDA_OPS_H_
