@@ -3,10 +3,10 @@
 //   each cached latent row once per token (the bytes a decode step must
 //   read), against the device's peak given on the command line (from its
 //   datasheet: H100 SXM 3350 GB/s, H200 4800 GB/s);
-// - the backend's product kernel at prefill shapes, in TFLOP/s, against
-//   cuBLAS on the same shapes in the same run (BF16 inputs, fp32
-//   accumulation: the tensor-core peak a prefill GEMM is measured against;
-//   skipped with a note where cuBLAS is missing).
+// - the backend's products at prefill shapes, in TFLOP/s: its GEMV kernel,
+//   its tensor-core path, and one plain cuBLAS product of BF16 activations
+//   in the same run (the tensor cores' peak a prefill GEMM is measured
+//   against); the last two skipped with a note where cuBLAS is missing.
 //   baton-cuda-bench [PEAK_GB_PER_S]
 #include <cstdio>
 #include <cstdlib>
@@ -47,25 +47,30 @@ int BenchPrefillProducts() {
                           {"V3 q_a+kv_a", 7168, 2112},
                           {"V3 dense gate+up", 7168, 36864}};
   std::printf(
-      "\nPrefill products, BF16 weights, fp32 accumulation, median of 10 (TFLOP/s; baton's "
-      "kernel takes fp32 activations, cuBLAS BF16 ones):\n");
+      "\nPrefill products, BF16 weights, fp32 activations and accumulation, median of 10, "
+      "TFLOP/s: baton's GEMV kernel (decode's), baton's tensor-core path (fp32 activations as "
+      "two BF16 halves: two cuBLAS products), and one cuBLAS product of BF16 activations (the "
+      "tensor cores' peak for the shape):\n");
   bool have_cublas = true;
   for (const Shape& shape : shapes) {
     for (const int64_t m : {512, 2048}) {
       const double flops = 2.0 * m * shape.k * shape.n;
-      auto ours = baton::cuda::TimeMatMulBf16(m, shape.k, shape.n, 10);
-      if (!ours.ok()) {
-        std::printf("  %s: %s\n", shape.name, std::string(ours.status().message()).c_str());
+      auto gemv = baton::cuda::TimeMatMulBf16(m, shape.k, shape.n, 10, /*tensor_cores=*/false);
+      if (!gemv.ok()) {
+        std::printf("  %s: %s\n", shape.name, std::string(gemv.status().message()).c_str());
         return 1;
       }
-      std::printf("  %-22s m %4ld: baton %7.1f", shape.name, static_cast<long>(m),
-                  flops / *ours / 1e12);
+      std::printf("  %-22s m %4ld: gemv %7.1f", shape.name, static_cast<long>(m),
+                  flops / *gemv / 1e12);
       if (have_cublas) {
+        auto split = baton::cuda::TimeMatMulBf16(m, shape.k, shape.n, 10, /*tensor_cores=*/true);
         auto cublas = baton::cuda::TimeCublasGemmBf16(m, shape.k, shape.n, 10);
-        if (cublas.ok()) {
-          std::printf("  cuBLAS %7.1f  ratio %.3f", flops / *cublas / 1e12, *cublas / *ours);
+        if (split.ok() && cublas.ok()) {
+          std::printf("  tensor cores %7.1f  cuBLAS bf16 %7.1f  (tensor cores at %.2f of it)",
+                      flops / *split / 1e12, flops / *cublas / 1e12, *cublas / *split);
         } else {
-          std::printf("  (cuBLAS: %s)", std::string(cublas.status().message()).c_str());
+          const absl::Status& why = split.ok() ? cublas.status() : split.status();
+          std::printf("  (cuBLAS: %s)", std::string(why.message()).c_str());
           have_cublas = false;
         }
       }

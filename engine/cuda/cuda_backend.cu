@@ -1,10 +1,12 @@
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "engine/cuda/cublas.h"
 #include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/device_ops.h"
@@ -79,7 +81,15 @@ class CudaBackend : public Backend {
   absl::Status Init() {
     BATON_RETURN_IF_ERROR(Check(cudaSetDevice(device_), "cudaSetDevice"));
     stream_ = std::make_unique<Stream>();
-    return stream_->status();
+    BATON_RETURN_IF_ERROR(stream_->status());
+    auto cublas = Cublas::Open();
+    if (cublas.ok()) {
+      cublas_ = std::move(*cublas);
+    } else {
+      std::fprintf(stderr, "%s: %s; every product runs on baton's GEMV kernel\n", name().c_str(),
+                   std::string(cublas.status().message()).c_str());
+    }
+    return absl::OkStatus();
   }
 
   std::string name() const override { return absl::StrCat("cuda:", device_); }
@@ -155,6 +165,9 @@ class CudaBackend : public Backend {
     BATON_RETURN_IF_ERROR(mlp_hidden_.Resize(4 * T * 2 * max_inter_));
     BATON_RETURN_IF_ERROR(expert_hidden_.Resize(4 * T * std::max(1, config_.num_experts_per_tok) *
                                                 2 * config_.moe_intermediate_size));
+    if (cublas_ != nullptr && T >= kTensorCoreMinRows) {
+      BATON_RETURN_IF_ERROR(split_.Resize(TensorCoreSplitBytes(T, max_product_cols_)));
+    }
     BATON_RETURN_IF_ERROR(Upload(tokens.ids.data(), T, ids_, s()));
     BATON_RETURN_IF_ERROR(Upload(tokens.positions.data(), T, positions_, s()));
     return LaunchEmbed(M(*embed_host_), ids_.get<int32_t>(), T, x_.get<float>(), s());
@@ -192,15 +205,15 @@ class CudaBackend : public Backend {
     if (qr > 0) {
       BATON_RETURN_IF_ERROR(q_a_.Resize(4 * T * qr));
       float* q_a = q_a_.get<float>();
-      BATON_RETURN_IF_ERROR(LaunchMatMul(xn_.get<float>(), hidden, T, M(a.q_a), q_a, qr, s()));
+      BATON_RETURN_IF_ERROR(Product(xn_.get<float>(), hidden, T, M(a.q_a), q_a, qr));
       BATON_RETURN_IF_ERROR(
           LaunchRmsNorm(q_a, qr, V(a.q_a_norm), T, qr, c.rms_norm_eps, q_a, qr, s()));
-      BATON_RETURN_IF_ERROR(LaunchMatMul(q_a, qr, T, M(a.q_b), q, heads * qk, s()));
+      BATON_RETURN_IF_ERROR(Product(q_a, qr, T, M(a.q_b), q, heads * qk));
     } else {
       BATON_RETURN_IF_ERROR(
-          LaunchMatMul(xn_.get<float>(), hidden, T, M(a.q_b), q, heads * qk, s()));
+          Product(xn_.get<float>(), hidden, T, M(a.q_b), q, heads * qk));
     }
-    BATON_RETURN_IF_ERROR(LaunchMatMul(xn_.get<float>(), hidden, T, M(a.kv_a), kv, width, s()));
+    BATON_RETURN_IF_ERROR(Product(xn_.get<float>(), hidden, T, M(a.kv_a), kv, width));
 
     // The normalized latent and the roped key, into the cache.
     BATON_RETURN_IF_ERROR(
@@ -224,7 +237,7 @@ class CudaBackend : public Backend {
                                      cos_sin_scale_, s()));
     DeviceMatrix k_up = M(a.k_up_t);
     k_up.rows = lora;  // One head's slice; the batch steps through the heads.
-    BATON_RETURN_IF_ERROR(LaunchMatMul(q, heads * qk, T, k_up, q_full, heads * width, s(), heads,
+    BATON_RETURN_IF_ERROR(Product(q, heads * qk, T, k_up, q_full, heads * width, heads,
                                        qk, lora * nope, width));
 
     // Attention over the cache, in slices of tokens whose scores fit the
@@ -254,11 +267,10 @@ class CudaBackend : public Backend {
     // Back to values per head, then the output projection.
     DeviceMatrix v_up = M(a.v_up);
     v_up.rows = vdim;
-    BATON_RETURN_IF_ERROR(LaunchMatMul(o_latent_.get<float>(), heads * lora, T, v_up,
-                                       attn_v_.get<float>(), heads * vdim, s(), heads, lora,
+    BATON_RETURN_IF_ERROR(Product(o_latent_.get<float>(), heads * lora, T, v_up,
+                                       attn_v_.get<float>(), heads * vdim, heads, lora,
                                        vdim * lora, vdim));
-    return LaunchMatMul(attn_v_.get<float>(), heads * vdim, T, M(a.o), out_.get<float>(), hidden,
-                        s());
+    return Product(attn_v_.get<float>(), heads * vdim, T, M(a.o), out_.get<float>(), hidden);
   }
 
   absl::Status Mlp(const MlpWeights& mlp) override {
@@ -268,8 +280,8 @@ class CudaBackend : public Backend {
   absl::Status RouterLogits(const Matrix& router, std::vector<float>* logits) override {
     const int64_t T = tokens_->count();
     BATON_RETURN_IF_ERROR(router_.Resize(4 * T * router.rows));
-    BATON_RETURN_IF_ERROR(LaunchMatMul(xn_.get<float>(), config_.hidden_size, T, M(router),
-                                       router_.get<float>(), router.rows, s()));
+    BATON_RETURN_IF_ERROR(Product(xn_.get<float>(), config_.hidden_size, T, M(router),
+                                       router_.get<float>(), router.rows));
     logits->resize(T * router.rows);
     return Download(router_.get<void>(), 4 * T * router.rows, logits->data(), s());
   }
@@ -319,9 +331,21 @@ class CudaBackend : public Backend {
       down.push_back({h + first * 2 * inter, 2 * inter, count, M(mlp.down),
                       expert_out_.get<float>() + first * hidden, hidden});
     }
-    BATON_RETURN_IF_ERROR(LaunchGroupedMatMul(up, up_table_, s()));
+    // Experts with enough rows (prefill) each go to the tensor cores.
+    auto run = [&](std::vector<GroupedProduct>& products, DeviceBuffer& table) -> absl::Status {
+      std::vector<GroupedProduct> small;
+      for (const GroupedProduct& p : products) {
+        if (cublas_ != nullptr && p.m >= kTensorCoreMinRows) {
+          BATON_RETURN_IF_ERROR(Product(p.x, p.ldx, p.m, p.w, p.y, p.ldy));
+        } else {
+          small.push_back(p);
+        }
+      }
+      return LaunchGroupedMatMul(small, table, s());
+    };
+    BATON_RETURN_IF_ERROR(run(up, up_table_));
     BATON_RETURN_IF_ERROR(LaunchSiluMul(h, rows, inter, s()));
-    BATON_RETURN_IF_ERROR(LaunchGroupedMatMul(down, down_table_, s()));
+    BATON_RETURN_IF_ERROR(run(down, down_table_));
     return LaunchCombineRows(expert_out_.get<float>(), token_first_.get<int64_t>(),
                              token_rows_.get<int64_t>(), token_weight_.get<float>(), T, hidden, out,
                              s());
@@ -346,7 +370,7 @@ class CudaBackend : public Backend {
     BATON_RETURN_IF_ERROR(
         LaunchRmsNorm(in, hidden, V(final_norm), n, hidden, config_.rms_norm_eps, in, hidden, s()));
     BATON_RETURN_IF_ERROR(
-        LaunchMatMul(in, hidden, n, M(head), head_out_.get<float>(), head.rows, s()));
+        Product(in, hidden, n, M(head), head_out_.get<float>(), head.rows));
     return Download(head_out_.get<void>(), 4 * n * head.rows, logits->data(), s());
   }
 
@@ -355,6 +379,20 @@ class CudaBackend : public Backend {
   static constexpr int64_t kScoresBudget = int64_t{256} << 20;
 
   cudaStream_t s() const { return stream_->get(); }
+
+  // y = x w^T (LaunchMatMul's arguments): on tensor cores for products of
+  // kTensorCoreMinRows rows or more where cuBLAS is there (prefill chunks,
+  // large decode batches), else on baton's GEMV, which reads the weights
+  // once per 8 rows and is as fast as the memory for a decode step.
+  absl::Status Product(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
+                       int64_t ldy, int64_t batch = 1, int64_t stride_x = 0, int64_t stride_w = 0,
+                       int64_t stride_y = 0) {
+    if (cublas_ != nullptr && w.bf16 && m >= kTensorCoreMinRows) {
+      return LaunchTensorCoreMatMul(*cublas_, x, ldx, m, w, y, ldy, split_, s(), batch, stride_x,
+                                    stride_w, stride_y);
+    }
+    return LaunchMatMul(x, ldx, m, w, y, ldy, s(), batch, stride_x, stride_w, stride_y);
+  }
   absl::Status SetDevice() const { return Check(cudaSetDevice(device_), "cudaSetDevice"); }
 
   // Uploads a matrix (row-major) or a vector, remembered by its address.
@@ -363,6 +401,7 @@ class CudaBackend : public Backend {
     auto buffer = std::make_unique<DeviceBuffer>();
     BATON_RETURN_IF_ERROR(Upload(m.storage.data(), m.bytes(), *buffer, s()));
     matrices_[&m] = DeviceMatrix{buffer->get<void>(), m.dtype == DType::kBF16, m.rows, m.cols};
+    max_product_cols_ = std::max(max_product_cols_, m.cols);
     uploaded_.push_back(&m);
     weights_.push_back(std::move(buffer));
     return absl::OkStatus();
@@ -411,9 +450,9 @@ class CudaBackend : public Backend {
     const int64_t hidden = config_.hidden_size, inter = mlp.inter;
     BATON_RETURN_IF_ERROR(mlp_hidden_.Resize(4 * rows * 2 * inter));
     float* h = mlp_hidden_.get<float>();
-    BATON_RETURN_IF_ERROR(LaunchMatMul(x, hidden, rows, M(mlp.gate_up), h, 2 * inter, s()));
+    BATON_RETURN_IF_ERROR(Product(x, hidden, rows, M(mlp.gate_up), h, 2 * inter));
     BATON_RETURN_IF_ERROR(LaunchSiluMul(h, rows, inter, s()));
-    return LaunchMatMul(h, 2 * inter, rows, M(mlp.down), out, hidden, s());
+    return Product(h, 2 * inter, rows, M(mlp.down), out, hidden);
   }
 
   const int device_;
@@ -427,6 +466,9 @@ class CudaBackend : public Backend {
   const Matrix* embed_host_ = nullptr;
   std::vector<Matrix*> uploaded_;  // Host copies to release once uploaded.
   int64_t max_inter_ = 0;          // The widest MLP's intermediate size.
+  int64_t max_product_cols_ = 1;   // The widest product input (the split's size).
+  std::unique_ptr<Cublas> cublas_;  // Null where cuBLAS is missing.
+  DeviceBuffer split_;              // A tensor-core product's BF16 halves.
 
   // The running pass.
   const ForwardTokens* tokens_ = nullptr;

@@ -1,6 +1,4 @@
-#include <cublas_v2.h>  // Types only: the library is opened at run time.
 #include <cuda_runtime.h>
-#include <dlfcn.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cuda/cublas.h"
 #include "engine/cuda/cuda_ops.h"
 #include "engine/cuda/device_ops.h"
 
@@ -103,8 +102,13 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
   return FinishLaunch("RmsNorm", out, dout.get<float>(), rows * n, stream.get());
 }
 
-absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
-                        float* y) {
+namespace {
+
+// x [m][cols] times BF16 w [rows][cols] through `launch`, which queues the
+// product on device buffers.
+template <typename Launch>
+absl::Status RunMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
+                           int64_t cols, float* y, Launch launch) {
   Stream stream;
   if (!stream.status().ok()) return stream.status();
   auto dx = Upload(x, m * cols, stream.get());
@@ -114,12 +118,33 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
   DeviceBuffer dy(sizeof(float) * m * rows);
   if (!dy.status().ok()) return dy.status();
   const DeviceMatrix matrix{(*dw)->get<uint16_t>(), true, rows, cols};
-  if (absl::Status s =
-          LaunchMatMul((*dx)->get<float>(), cols, m, matrix, dy.get<float>(), rows, stream.get());
+  if (absl::Status s = launch((*dx)->get<float>(), matrix, dy.get<float>(), stream.get());
       !s.ok()) {
     return s;
   }
   return FinishLaunch("MatMulBf16", y, dy.get<float>(), m * rows, stream.get());
+}
+
+}  // namespace
+
+absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
+                        float* y) {
+  return RunMatMulBf16(x, m, w, rows, cols, y,
+                       [&](const float* dx, const DeviceMatrix& matrix, float* dy, cudaStream_t s) {
+                         return LaunchMatMul(dx, cols, m, matrix, dy, rows, s);
+                       });
+}
+
+absl::Status TensorCoreMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
+                                  int64_t cols, float* y) {
+  auto cublas = Cublas::Open();
+  if (!cublas.ok()) return cublas.status();
+  DeviceBuffer split;
+  return RunMatMulBf16(x, m, w, rows, cols, y,
+                       [&](const float* dx, const DeviceMatrix& matrix, float* dy, cudaStream_t s) {
+                         return LaunchTensorCoreMatMul(**cublas, dx, cols, m, matrix, dy, rows,
+                                                       split, s);
+                       });
 }
 
 absl::Status GroupedMatMulBf16(const std::vector<Bf16Product>& products) {
@@ -273,7 +298,8 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
       stream.get(), [&] { return LaunchMlaDecodeAttention(problem, stream.get()); }, reps);
 }
 
-absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps) {
+absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps,
+                                      bool tensor_cores) {
   if (m <= 0 || k <= 0 || n <= 0 || reps <= 0) {
     return absl::InvalidArgumentError("TimeMatMulBf16: bad shape");
   }
@@ -291,82 +317,25 @@ absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps)
   DeviceBuffer dy(sizeof(float) * m * n);
   if (!dy.status().ok()) return dy.status();
   const DeviceMatrix matrix{(*dw)->get<uint16_t>(), /*bf16=*/true, n, k};
+  std::unique_ptr<Cublas> cublas;
+  DeviceBuffer split;
+  if (tensor_cores) {
+    auto opened = Cublas::Open();
+    if (!opened.ok()) return opened.status();
+    cublas = std::move(*opened);
+    if (absl::Status r = split.Resize(TensorCoreSplitBytes(m, k)); !r.ok()) return r;
+  }
   return MedianSeconds(
       stream.get(),
-      [&] { return LaunchMatMul((*dx)->get<float>(), k, m, matrix, dy.get<float>(), n, stream.get()); },
+      [&] {
+        if (tensor_cores) {
+          return LaunchTensorCoreMatMul(*cublas, (*dx)->get<float>(), k, m, matrix,
+                                        dy.get<float>(), n, split, stream.get());
+        }
+        return LaunchMatMul((*dx)->get<float>(), k, m, matrix, dy.get<float>(), n, stream.get());
+      },
       reps);
 }
-
-namespace {
-
-// cuBLAS, opened at run time: the benchmark's reference needs it, the
-// backend does not, and a machine without it still runs everything else.
-class Cublas {
- public:
-  static absl::StatusOr<std::unique_ptr<Cublas>> Open() {
-    auto cublas = std::unique_ptr<Cublas>(new Cublas());
-    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"}) {
-      cublas->library_ = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-      if (cublas->library_ != nullptr) break;
-    }
-    if (cublas->library_ == nullptr) {
-      return absl::NotFoundError(absl::StrCat("cuBLAS not found: ", dlerror()));
-    }
-    if (!cublas->Resolve(&cublas->create_, "cublasCreate_v2") ||
-        !cublas->Resolve(&cublas->destroy_, "cublasDestroy_v2") ||
-        !cublas->Resolve(&cublas->set_stream_, "cublasSetStream_v2") ||
-        !cublas->Resolve(&cublas->gemm_ex_, "cublasGemmEx")) {
-      return absl::NotFoundError("cuBLAS lacks cublasCreate_v2, cublasSetStream_v2 or cublasGemmEx");
-    }
-    if (cublas->create_(&cublas->handle_) != CUBLAS_STATUS_SUCCESS) {
-      return absl::InternalError("cublasCreate failed");
-    }
-    return cublas;
-  }
-  ~Cublas() {
-    if (handle_ != nullptr) destroy_(handle_);
-    if (library_ != nullptr) dlclose(library_);
-  }
-
-  // Row-major y[m][n] (fp32) = x[m][k] * w[n][k]^T with BF16 inputs and fp32
-  // accumulation: column-major y^T = w^T^T * x^T, so w transposed.
-  absl::Status GemmBf16(const uint16_t* x, const uint16_t* w, float* y, int64_t m, int64_t k,
-                        int64_t n, cudaStream_t s) {
-    const float alpha = 1.f, beta = 0.f;
-    if (set_stream_(handle_, s) != CUBLAS_STATUS_SUCCESS) {
-      return absl::InternalError("cublasSetStream failed");
-    }
-    const cublasStatus_t status =
-        gemm_ex_(handle_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m),
-                 static_cast<int>(k), &alpha, w, CUDA_R_16BF, static_cast<int>(k), x, CUDA_R_16BF,
-                 static_cast<int>(k), &beta, y, CUDA_R_32F, static_cast<int>(n),
-                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-    if (status != CUBLAS_STATUS_SUCCESS) {
-      return absl::InternalError(absl::StrCat("cublasGemmEx failed: status ", status));
-    }
-    return absl::OkStatus();
-  }
-
- private:
-  Cublas() = default;
-  template <typename F>
-  bool Resolve(F* f, const char* symbol) {
-    *f = reinterpret_cast<F>(dlsym(library_, symbol));
-    return *f != nullptr;
-  }
-
-  void* library_ = nullptr;
-  cublasHandle_t handle_ = nullptr;
-  cublasStatus_t (*create_)(cublasHandle_t*) = nullptr;
-  cublasStatus_t (*destroy_)(cublasHandle_t) = nullptr;
-  cublasStatus_t (*set_stream_)(cublasHandle_t, cudaStream_t) = nullptr;
-  cublasStatus_t (*gemm_ex_)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
-                             const void*, const void*, cudaDataType, int, const void*,
-                             cudaDataType, int, const void*, void*, cudaDataType, int,
-                             cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
-};
-
-}  // namespace
 
 absl::StatusOr<double> TimeCublasGemmBf16(int64_t m, int64_t k, int64_t n, int reps) {
   if (m <= 0 || k <= 0 || n <= 0 || reps <= 0) {
@@ -389,8 +358,8 @@ absl::StatusOr<double> TimeCublasGemmBf16(int64_t m, int64_t k, int64_t n, int r
   return MedianSeconds(
       stream.get(),
       [&] {
-        return (*cublas)->GemmBf16((*dx)->get<uint16_t>(), (*dw)->get<uint16_t>(),
-                                   dy.get<float>(), m, k, n, stream.get());
+        return (*cublas)->GemmBf16(m, n, k, (*dx)->get<uint16_t>(), k, (*dw)->get<uint16_t>(), k,
+                                   dy.get<float>(), n, 0.f, stream.get());
       },
       reps);
 }

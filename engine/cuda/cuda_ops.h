@@ -33,6 +33,13 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
 absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
                         float* y);
 
+// MatMulBf16 on tensor cores, as the backend runs products of
+// kTensorCoreMinRows rows or more: x split into BF16 halves (hi + lo), two
+// cuBLAS products accumulated in fp32; within rounding of the fp32 product,
+// not bit-equal to it. NOT_FOUND where cuBLAS is missing.
+absl::Status TensorCoreMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
+                                  int64_t cols, float* y);
+
 // Several MatMulBf16 products in one launch (how the backend runs a step's
 // experts): products[g] is {x, m, w, rows, cols, y} with MatMulBf16's
 // meaning. Each result equals MatMulBf16's bit for bit.
@@ -71,10 +78,12 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
 absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int64_t context,
                                               int reps);
 
-// Times MatMulBf16's kernel (the backend's products) alone on
-// device-resident random data: x [m][k] fp32, w [n][k] BF16. Median seconds
-// per call over `reps`.
-absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps);
+// Times the backend's product alone on device-resident random data: x
+// [m][k] fp32, w [n][k] BF16, through baton's GEMV kernel (MatMulBf16) or,
+// with `tensor_cores`, the split tensor-core path (TensorCoreMatMulBf16).
+// Median seconds per call over `reps`.
+absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps,
+                                      bool tensor_cores);
 
 // The same product through cuBLAS (cublasGemmEx, BF16 inputs, fp32
 // accumulation and output: tensor cores), the reference a prefill GEMM is

@@ -96,6 +96,29 @@ absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMa
                           int64_t ldy, cudaStream_t s, int64_t batch = 1, int64_t stride_x = 0,
                           int64_t stride_w = 0, int64_t stride_y = 0);
 
+class Cublas;
+
+// Products of at least this many rows run on tensor cores where cuBLAS is
+// there (LaunchTensorCoreMatMul); fewer stay on LaunchMatMul, which reads
+// the weights once per 8 rows and is what a decode step is bound by.
+inline constexpr int64_t kTensorCoreMinRows = 64;
+
+// LaunchMatMul's product (same arguments; BF16 weights only) on tensor
+// cores through cuBLAS. fp32 x is split into BF16 halves, x_hi = bf16(x)
+// and x_lo = bf16(x - x_hi), which keep 16 of its 24 mantissa bits
+// (relative error under 2^-16, against 2^-8 for BF16 activations), and
+// w x_hi + w x_lo accumulate in fp32: twice the tensor-core work for
+// results within rounding of the fp32 product. `split` holds one batch's
+// halves (grown to TensorCoreSplitBytes(m, w.cols); size it up front to
+// avoid a cudaFree mid-pass). The sums' order is cuBLAS's, which may differ
+// with m: such products are not batch-invariant.
+size_t TensorCoreSplitBytes(int64_t m, int64_t k);
+absl::Status LaunchTensorCoreMatMul(Cublas& cublas, const float* x, int64_t ldx, int64_t m,
+                                    const DeviceMatrix& w, float* y, int64_t ldy,
+                                    DeviceBuffer& split, cudaStream_t s, int64_t batch = 1,
+                                    int64_t stride_x = 0, int64_t stride_w = 0,
+                                    int64_t stride_y = 0);
+
 // One product of a group: y[i][j] = sum_c x[i][c] * w[j][c], i < m.
 struct GroupedProduct {
   const float* x;

@@ -1,8 +1,9 @@
 // The CUDA backend against the CPU engine and DeepSeek's reference on the
 // golden checkpoints: greedy tokens identical, logits within 1e-2 of the CPU
 // engine's (with the same BF16 KV cache) at every prompt position and decode
-// step; chunked prefill and batching give bit-identical logits (every GPU
-// product sums in one order whatever the batch); the device KV cache
+// step, also for a prompt long enough for the tensor-core products; chunked
+// prefill and batching of short prompts give bit-identical logits (GEMV
+// products sum in one order whatever the batch); the device KV cache
 // exports and imports rows exactly (the disaggregated handoff). Skipped,
 // saying why, where no GPU is usable.
 #include <map>
@@ -128,6 +129,48 @@ TEST_P(CudaBackendTest, ChunkedPrefillAndBatchingAgree) {
                   .ok());
   ASSERT_EQ(static_cast<int64_t>(logits.size()), (prompt - first + 1) * vocab_);
   EXPECT_EQ(MaxAbsDiff(logits.data(), &whole[first * vocab_], (prompt - first) * vocab_), 0.f);
+}
+
+// A prompt long enough for the tensor-core products (kTensorCoreMinRows
+// rows and more, where cuBLAS is there; BF16 checkpoints), then decode
+// steps on the GEMV: every position's logits within the CPU tolerance, and
+// greedy tokens equal wherever the CPU's choice is clear of the tolerance.
+TEST_P(CudaBackendTest, LongPromptsMatchTheCpuEngine) {
+  constexpr int64_t kPrompt = 200, kSteps = 4;
+  std::vector<int32_t> ids(kPrompt);
+  const int64_t n = static_cast<int64_t>(golden_.input_ids.size());
+  for (int64_t i = 0; i < kPrompt; ++i) ids[i] = (golden_.input_ids[i % n] + 7 * i) % vocab_;
+  KvBlocks cpu_blocks(cpu_cache_.get()), gpu_blocks(gpu_cache_.get());
+  ASSERT_TRUE(cpu_blocks.Reserve(kPrompt + kSteps));
+  ASSERT_TRUE(gpu_blocks.Reserve(kPrompt + kSteps));
+  std::vector<float> cpu, gpu;
+  ASSERT_TRUE(cpu_->Forward({{ids.data(), kPrompt, 0, &cpu_blocks.table(), LogitsMode::kAll}},
+                            *cpu_cache_, pool_, &cpu)
+                  .ok());
+  absl::Status s = gpu_->Forward({{ids.data(), kPrompt, 0, &gpu_blocks.table(), LogitsMode::kAll}},
+                                 *gpu_cache_, pool_, &gpu);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_EQ(gpu.size(), cpu.size());
+  EXPECT_LT(MaxAbsDiff(gpu.data(), cpu.data(), cpu.size()), kCpuTolerance) << "prompt positions";
+  int32_t token = Argmax(&cpu[(kPrompt - 1) * vocab_], vocab_);
+  for (int64_t k = 0; k < kSteps; ++k) {
+    ASSERT_TRUE(cpu_->Forward(
+                        {{&token, 1, kPrompt + k, &cpu_blocks.table(), LogitsMode::kLast}},
+                        *cpu_cache_, pool_, &cpu)
+                    .ok());
+    ASSERT_TRUE(gpu_->Forward(
+                        {{&token, 1, kPrompt + k, &gpu_blocks.table(), LogitsMode::kLast}},
+                        *gpu_cache_, pool_, &gpu)
+                    .ok());
+    EXPECT_LT(MaxAbsDiff(gpu.data(), cpu.data(), vocab_), kCpuTolerance) << "decode step " << k;
+    const int32_t best = Argmax(cpu.data(), vocab_);
+    std::vector<float> rest(cpu.begin(), cpu.begin() + vocab_);
+    rest[best] = -1e30f;
+    if (cpu[best] - rest[Argmax(rest.data(), vocab_)] > 2 * kCpuTolerance) {
+      EXPECT_EQ(Argmax(gpu.data(), vocab_), best) << "decode step " << k;
+    }
+    token = best;
+  }
 }
 
 TEST_P(CudaBackendTest, DeviceKvRowsExportAndImportExactly) {

@@ -64,6 +64,44 @@ TEST_F(CudaOpsTest, MatMulBf16MatchesTheCpu) {
   }
 }
 
+// The tensor-core path of prefill-sized products (fp32 activations as two
+// BF16 halves through cuBLAS): within rounding of the CPU's fp32 product,
+// which BF16 activations alone would not be (the last case checks that
+// the lo half matters).
+TEST_F(CudaOpsTest, TensorCoreMatMulMatchesTheCpu) {
+  ThreadPool pool(2);
+  for (auto [m, rows, cols] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {64, 2112, 7168},   // V3 q_a + kv_a at the smallest tensor-core chunk.
+           {130, 576, 512},    // Ragged rows.
+           {512, 3072, 2048},  // V2-Lite q_proj.
+           {77, 100, 1001}}) {  // Unaligned columns.
+    Matrix w(DType::kBF16, rows, cols);
+    const std::vector<float> values = Random(rows * cols, 0.02f);
+    for (int64_t i = 0; i < rows * cols; ++i) w.bf16()[i] = FloatToBf16(values[i]);
+    const std::vector<float> x = Random(m * cols);
+    std::vector<float> gpu(m * rows), cpu(m * rows);
+    const absl::Status s = cuda::TensorCoreMatMulBf16(x.data(), m, w.bf16(), rows, cols, gpu.data());
+    if (absl::IsNotFound(s)) GTEST_SKIP() << s.message();
+    ASSERT_TRUE(s.ok()) << s;
+    kernels::MatMul(x.data(), cols, m, w, cpu.data(), rows, pool);
+    double worst = 0;
+    for (int64_t i = 0; i < m * rows; ++i) {
+      worst = std::max(worst, std::fabs(static_cast<double>(gpu[i]) - cpu[i]));
+      ASSERT_NEAR(gpu[i], cpu[i], 2e-4f) << "m=" << m << " rows=" << rows << " cols=" << cols;
+    }
+    // BF16 activations alone would be off by ~2^-9 of each term: far more.
+    std::vector<float> rounded(x.size());
+    for (size_t i = 0; i < x.size(); ++i) rounded[i] = Bf16ToFloat(FloatToBf16(x[i]));
+    std::vector<float> coarse(m * rows);
+    kernels::MatMul(rounded.data(), cols, m, w, coarse.data(), rows, pool);
+    double coarse_worst = 0;
+    for (int64_t i = 0; i < m * rows; ++i) {
+      coarse_worst = std::max(coarse_worst, std::fabs(static_cast<double>(coarse[i]) - cpu[i]));
+    }
+    EXPECT_LT(worst * 8, coarse_worst) << "m=" << m << " rows=" << rows << " cols=" << cols;
+  }
+}
+
 // A step's experts in one launch: each product as the CPU computes it, and
 // bit for bit as the same product launched alone (batch invariance).
 TEST_F(CudaOpsTest, GroupedMatMulBf16MatchesTheCpuAndTheSingleLaunch) {
