@@ -131,21 +131,22 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: baton-engine-bench MODEL_DIR [--quick] [--json FILE] [--batch N]\n"
                  "                          [--context N] [--steps N] [--no-prefill] [--bf16]\n"
-                 "                          [--device D] [--peak-gbps X]\n"
+                 "                          [--device D] [--peak-gbps X] [--peak-tflops X]\n"
                  "Decode tokens/s at batch 1, 8, 32 and contexts 16 and 2048, prefill tokens/s,\n"
                  "each against a roofline measured in the same run. --batch and --context\n"
                  "restrict decode to one point (for profiling); --steps sets decode steps;\n"
                  "--bf16 runs the weight products with BF16 activations where the CPU can.\n"
                  "--batch and --context take comma-separated lists. --device cuda[:N] runs on a\n"
                  "GPU: decode is then compared with --peak-gbps (the device's datasheet memory\n"
-                 "bandwidth) instead of the CPU rooflines.\n");
+                 "bandwidth) and prefill with --peak-tflops (its dense BF16 tensor peak)\n"
+                 "instead of the CPU rooflines.\n");
     return 2;
   }
   const std::string dir = argv[1];
   bool quick = false, prefill = true;
   ModelLoadOptions options;
   std::string json_path, device = "cpu";
-  double peak_gbps = 0;
+  double peak_gbps = 0, peak_tflops = 0;
   auto list = [](const char* text) {
     std::vector<int> values;
     for (absl::string_view v : absl::StrSplit(text, ',')) {
@@ -167,6 +168,7 @@ int Main(int argc, char** argv) {
     if (arg == "--context" && has_value) contexts = list(argv[++i]);
     if (arg == "--device" && has_value) device = argv[++i];
     if (arg == "--peak-gbps" && has_value) peak_gbps = std::atof(argv[++i]);
+    if (arg == "--peak-tflops" && has_value) peak_tflops = std::atof(argv[++i]);
     if (arg == "--steps" && has_value) steps = std::max(2, std::atoi(argv[++i]));
   }
   if (steps == 0) steps = quick ? 6 : 12;
@@ -187,11 +189,11 @@ int Main(int argc, char** argv) {
   out["precision"] = (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32";
   out["weight_bytes"] = (*model)->weight_bytes();
   out["device"] = (*model)->backend().name();
-  // The CPU's rooflines are measured here; a GPU's memory peak is given.
+  // The CPU's rooflines are measured here; a GPU's peaks are given.
   const double bandwidth =
       on_cpu ? MeasureReadBandwidth(pool, int64_t{1} << 30, quick ? 3 : 7) : peak_gbps * 1e9;
   const double fp32_peak = on_cpu ? MeasurePeakFp32Flops(pool) : 0.0;
-  const double bf16_peak = on_cpu ? MeasurePeakBf16Flops(pool) : 0.0;
+  const double bf16_peak = on_cpu ? MeasurePeakBf16Flops(pool) : peak_tflops * 1e12;
   out["roofline"] = {{"read_gb_per_s", bandwidth / 1e9},
                      {"fp32_gflops", fp32_peak / 1e9},
                      {"bf16_gflops", bf16_peak / 1e9}};
@@ -204,8 +206,8 @@ int Main(int argc, char** argv) {
                             (*model)->precision() == kernels::Precision::kBf16 ? "bf16" : "fp32")
                             .c_str());
   } else {
-    std::printf("device %s, memory peak given: %.0f GB/s\n", (*model)->backend().name().c_str(),
-                peak_gbps);
+    std::printf("device %s, peaks given: memory %.0f GB/s, dense BF16 %.0f TFLOP/s\n",
+                (*model)->backend().name().c_str(), peak_gbps, peak_tflops);
   }
   for (int context : contexts) {
     if (context + steps + 1 > c.max_position_embeddings) continue;
