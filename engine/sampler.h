@@ -48,6 +48,10 @@ SampledToken Sample(const float* logits, int vocab, const SamplingOptions& optio
                     const std::vector<int32_t>& prompt, const std::vector<int32_t>& output,
                     uint64_t seed, uint64_t step);
 
+// The uniform in [0, 1) that a temperature draw of a request seeded `seed`
+// uses for its token `step` (exposed for tests of the draw).
+double DrawUniform(uint64_t seed, uint64_t step);
+
 }  // namespace baton
 
 #endif  // BATON_ENGINE_SAMPLER_H_

@@ -1,7 +1,9 @@
 #include "engine/sampler.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -78,6 +80,81 @@ TEST(SamplerTest, PenaltiesDemoteSeenTokens) {
   EXPECT_EQ(Sample(kLogits.data(), 5, p, {}, {1, 1}, 0, 0).id, 1);
   // Logprobs stay those of the raw logits.
   EXPECT_NEAR(Sample(kLogits.data(), 5, o, {1}, {}, 0, 0).logprob, LogSoftmax(kLogits, 4), 1e-6);
+}
+
+// The draw as a full sort defines it (the sampler sorts only as far as the
+// cuts and the draw reach): candidates by decreasing logit, top-k, softmax
+// at the temperature, min-p, top-p, then the uniform walked in that order.
+int32_t FullSortDraw(const std::vector<float>& l, const SamplingOptions& o, double uniform) {
+  const int vocab = static_cast<int>(l.size());
+  std::vector<int32_t> order(vocab);
+  for (int i = 0; i < vocab; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
+  const int k = o.top_k > 0 ? std::min(o.top_k, vocab) : vocab;
+  std::vector<double> p(k);
+  double total = 0;
+  for (int i = 0; i < k; ++i)
+    total += p[i] = std::exp(double(l[order[i]] - l[order[0]]) / o.temperature);
+  int keep = k;
+  double cumulative = 0;
+  for (int i = 0; i < k; ++i) {
+    p[i] /= total;
+    if (o.min_p > 0 && i > 0 && p[i] < o.min_p * p[0]) {
+      keep = i;
+      break;
+    }
+    cumulative += p[i];
+    if (o.top_p < 1 && cumulative >= o.top_p) {
+      keep = i + 1;
+      break;
+    }
+  }
+  double kept = 0;
+  for (int i = 0; i < keep; ++i) kept += p[i];
+  double acc = 0;
+  for (int i = 0; i < keep; ++i) {
+    acc += p[i];
+    if (uniform * kept < acc) return order[i];
+  }
+  return order[keep - 1];
+}
+
+// A vocabulary of LLM shape (a long tail, a few strong candidates, ties):
+// every cut and the plain draw choose what the full sort chooses. With
+// top-k the sums are the reference's own, so every draw is equal; over the
+// whole vocabulary the denominator is summed differently (vectorized), so
+// a draw landing within rounding of a boundary may differ: none may here.
+TEST(SamplerTest, DrawsEqualAFullSortOfTheVocabulary) {
+  constexpr int kVocab = 20000;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> tail(0.f, 2.f);
+  std::vector<float> logits(kVocab);
+  for (float& l : logits) l = tail(rng);
+  for (int i = 0; i < 30; ++i) logits[rng() % kVocab] = 9.f + (i % 5);  // Ties too.
+  struct Case {
+    float temperature, top_p, min_p;
+    int top_k;
+  };
+  for (const Case& c : std::vector<Case>{{0.7f, 0.9f, 0.f, 0},
+                                         {1.0f, 1.f, 0.f, 0},
+                                         {3.0f, 0.99f, 0.f, 0},
+                                         {1.2f, 1.f, 0.05f, 0},
+                                         {1.0f, 1.f, 0.f, 50},
+                                         {0.8f, 0.95f, 0.f, 5000},
+                                         {2.0f, 0.5f, 0.01f, 300}}) {
+    SamplingOptions o;
+    o.temperature = c.temperature;
+    o.top_p = c.top_p;
+    o.min_p = c.min_p;
+    o.top_k = c.top_k;
+    for (uint64_t step = 0; step < 60; ++step) {
+      const SampledToken t = Sample(logits.data(), kVocab, o, {}, {}, 99, step);
+      EXPECT_EQ(t.id, FullSortDraw(logits, o, DrawUniform(99, step)))
+          << "T=" << c.temperature << " top_p=" << c.top_p << " min_p=" << c.min_p
+          << " top_k=" << c.top_k << " step " << step;
+    }
+  }
 }
 
 TEST(SamplerTest, ValidationNamesTheField) {
