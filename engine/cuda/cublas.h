@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -22,7 +23,7 @@ namespace baton::cuda {
 class Cublas {
  public:
   // Opens libcublas and creates a handle on the current device: NOT_FOUND
-  // where the library is missing.
+  // where no version of the library opens and creates a handle.
   static absl::StatusOr<std::unique_ptr<Cublas>> Open();
   ~Cublas();
   Cublas(const Cublas&) = delete;
@@ -30,10 +31,13 @@ class Cublas {
 
   // Row-major y[i][j] = beta * y[i][j] + sum_c x[i][c] * w[j][c] for i < m,
   // j < n, c < k: BF16 x and w (rows ldx and ldw elements apart), fp32
-  // accumulation and y (rows ldy apart), queued on `s`.
+  // accumulation and y (rows ldy apart), queued on `s`. `batch` such
+  // products (one strided-batched call), each stride_x, stride_w and
+  // stride_y elements further on.
   absl::Status GemmBf16(int64_t m, int64_t n, int64_t k, const uint16_t* x, int64_t ldx,
                         const uint16_t* w, int64_t ldw, float* y, int64_t ldy, float beta,
-                        cudaStream_t s);
+                        cudaStream_t s, int64_t batch = 1, int64_t stride_x = 0,
+                        int64_t stride_w = 0, int64_t stride_y = 0);
 
  private:
   struct Api;

@@ -166,7 +166,11 @@ class CudaBackend : public Backend {
     BATON_RETURN_IF_ERROR(expert_hidden_.Resize(4 * T * std::max(1, config_.num_experts_per_tok) *
                                                 2 * config_.moe_intermediate_size));
     if (cublas_ != nullptr && T >= kTensorCoreMinRows) {
-      BATON_RETURN_IF_ERROR(split_.Resize(TensorCoreSplitBytes(T, max_product_cols_)));
+      // The widest product input, or all heads' inputs of a per-head one.
+      const int64_t per_heads = int64_t{config_.num_attention_heads} *
+                                std::max(config_.qk_nope_head_dim, config_.kv_lora_rank);
+      BATON_RETURN_IF_ERROR(
+          split_.Resize(TensorCoreSplitBytes(T, std::max(max_product_cols_, per_heads))));
     }
     BATON_RETURN_IF_ERROR(Upload(tokens.ids.data(), T, ids_, s()));
     BATON_RETURN_IF_ERROR(Upload(tokens.positions.data(), T, positions_, s()));
@@ -210,8 +214,7 @@ class CudaBackend : public Backend {
           LaunchRmsNorm(q_a, qr, V(a.q_a_norm), T, qr, c.rms_norm_eps, q_a, qr, s()));
       BATON_RETURN_IF_ERROR(Product(q_a, qr, T, M(a.q_b), q, heads * qk));
     } else {
-      BATON_RETURN_IF_ERROR(
-          Product(xn_.get<float>(), hidden, T, M(a.q_b), q, heads * qk));
+      BATON_RETURN_IF_ERROR(Product(xn_.get<float>(), hidden, T, M(a.q_b), q, heads * qk));
     }
     BATON_RETURN_IF_ERROR(Product(xn_.get<float>(), hidden, T, M(a.kv_a), kv, width));
 
@@ -237,8 +240,8 @@ class CudaBackend : public Backend {
                                      cos_sin_scale_, s()));
     DeviceMatrix k_up = M(a.k_up_t);
     k_up.rows = lora;  // One head's slice; the batch steps through the heads.
-    BATON_RETURN_IF_ERROR(Product(q, heads * qk, T, k_up, q_full, heads * width, heads,
-                                       qk, lora * nope, width));
+    BATON_RETURN_IF_ERROR(
+        Product(q, heads * qk, T, k_up, q_full, heads * width, heads, qk, lora * nope, width));
 
     // Attention over the cache, in slices of tokens whose scores fit the
     // scratch budget.
@@ -268,8 +271,8 @@ class CudaBackend : public Backend {
     DeviceMatrix v_up = M(a.v_up);
     v_up.rows = vdim;
     BATON_RETURN_IF_ERROR(Product(o_latent_.get<float>(), heads * lora, T, v_up,
-                                       attn_v_.get<float>(), heads * vdim, heads, lora,
-                                       vdim * lora, vdim));
+                                  attn_v_.get<float>(), heads * vdim, heads, lora, vdim * lora,
+                                  vdim));
     return Product(attn_v_.get<float>(), heads * vdim, T, M(a.o), out_.get<float>(), hidden);
   }
 
@@ -281,7 +284,7 @@ class CudaBackend : public Backend {
     const int64_t T = tokens_->count();
     BATON_RETURN_IF_ERROR(router_.Resize(4 * T * router.rows));
     BATON_RETURN_IF_ERROR(Product(xn_.get<float>(), config_.hidden_size, T, M(router),
-                                       router_.get<float>(), router.rows));
+                                  router_.get<float>(), router.rows));
     logits->resize(T * router.rows);
     return Download(router_.get<void>(), 4 * T * router.rows, logits->data(), s());
   }
@@ -335,7 +338,7 @@ class CudaBackend : public Backend {
     auto run = [&](std::vector<GroupedProduct>& products, DeviceBuffer& table) -> absl::Status {
       std::vector<GroupedProduct> small;
       for (const GroupedProduct& p : products) {
-        if (cublas_ != nullptr && p.m >= kTensorCoreMinRows) {
+        if (cublas_ != nullptr && p.w.bf16 && p.m >= kTensorCoreMinRows) {
           BATON_RETURN_IF_ERROR(Product(p.x, p.ldx, p.m, p.w, p.y, p.ldy));
         } else {
           small.push_back(p);
@@ -369,8 +372,7 @@ class CudaBackend : public Backend {
         LaunchGatherRows(x_.get<float>(), logit_rows_.get<int64_t>(), n, hidden, in, s()));
     BATON_RETURN_IF_ERROR(
         LaunchRmsNorm(in, hidden, V(final_norm), n, hidden, config_.rms_norm_eps, in, hidden, s()));
-    BATON_RETURN_IF_ERROR(
-        Product(in, hidden, n, M(head), head_out_.get<float>(), head.rows));
+    BATON_RETURN_IF_ERROR(Product(in, hidden, n, M(head), head_out_.get<float>(), head.rows));
     return Download(head_out_.get<void>(), 4 * n * head.rows, logits->data(), s());
   }
 
@@ -380,10 +382,10 @@ class CudaBackend : public Backend {
 
   cudaStream_t s() const { return stream_->get(); }
 
-  // y = x w^T (LaunchMatMul's arguments): on tensor cores for products of
-  // kTensorCoreMinRows rows or more where cuBLAS is there (prefill chunks,
-  // large decode batches), else on baton's GEMV, which reads the weights
-  // once per 8 rows and is as fast as the memory for a decode step.
+  // y = x w^T (LaunchMatMul's arguments): on tensor cores for BF16 products
+  // of kTensorCoreMinRows rows or more where cuBLAS is there (prefill
+  // chunks, large decode batches), else on baton's GEMV, which reads the
+  // weights once per 8 rows and keeps pace with the memory in a decode step.
   absl::Status Product(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
                        int64_t ldy, int64_t batch = 1, int64_t stride_x = 0, int64_t stride_w = 0,
                        int64_t stride_y = 0) {
@@ -464,9 +466,9 @@ class CudaBackend : public Backend {
   std::unordered_map<const Matrix*, DeviceMatrix> matrices_;
   std::unordered_map<const Vector*, const float*> vectors_;
   const Matrix* embed_host_ = nullptr;
-  std::vector<Matrix*> uploaded_;  // Host copies to release once uploaded.
-  int64_t max_inter_ = 0;          // The widest MLP's intermediate size.
-  int64_t max_product_cols_ = 1;   // The widest product input (the split's size).
+  std::vector<Matrix*> uploaded_;   // Host copies to release once uploaded.
+  int64_t max_inter_ = 0;           // The widest MLP's intermediate size.
+  int64_t max_product_cols_ = 1;    // The widest product input (the split's size).
   std::unique_ptr<Cublas> cublas_;  // Null where cuBLAS is missing.
   DeviceBuffer split_;              // A tensor-core product's BF16 halves.
 

@@ -107,8 +107,8 @@ namespace {
 // x [m][cols] times BF16 w [rows][cols] through `launch`, which queues the
 // product on device buffers.
 template <typename Launch>
-absl::Status RunMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
-                           int64_t cols, float* y, Launch launch) {
+absl::Status RunMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
+                           float* y, Launch launch) {
   Stream stream;
   if (!stream.status().ok()) return stream.status();
   auto dx = Upload(x, m * cols, stream.get());
@@ -133,6 +133,12 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
                        [&](const float* dx, const DeviceMatrix& matrix, float* dy, cudaStream_t s) {
                          return LaunchMatMul(dx, cols, m, matrix, dy, rows, s);
                        });
+}
+
+bool HasCublas(std::string* why) {
+  auto cublas = Cublas::Open();
+  if (!cublas.ok() && why != nullptr) *why = std::string(cublas.status().message());
+  return cublas.ok();
 }
 
 absl::Status TensorCoreMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
@@ -329,8 +335,8 @@ absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps,
       stream.get(),
       [&] {
         if (tensor_cores) {
-          return LaunchTensorCoreMatMul(*cublas, (*dx)->get<float>(), k, m, matrix,
-                                        dy.get<float>(), n, split, stream.get());
+          return LaunchTensorCoreMatMul(*cublas, (*dx)->get<float>(), k, m, matrix, dy.get<float>(),
+                                        n, split, stream.get());
         }
         return LaunchMatMul((*dx)->get<float>(), k, m, matrix, dy.get<float>(), n, stream.get());
       },

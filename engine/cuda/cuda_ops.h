@@ -33,10 +33,14 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t rows, int64_t 
 absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows, int64_t cols,
                         float* y);
 
+// Whether cuBLAS opens here (the backend's tensor-core products need it);
+// `why` says why not.
+bool HasCublas(std::string* why = nullptr);
+
 // MatMulBf16 on tensor cores, as the backend runs products of
 // kTensorCoreMinRows rows or more: x split into BF16 halves (hi + lo), two
-// cuBLAS products accumulated in fp32; within rounding of the fp32 product,
-// not bit-equal to it. NOT_FOUND where cuBLAS is missing.
+// cuBLAS products accumulated in fp32 (error under 2^-16 sum|w x|), not
+// bit-equal to the GEMV. NOT_FOUND where cuBLAS is missing.
 absl::Status TensorCoreMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
                                   int64_t cols, float* y);
 
@@ -82,8 +86,7 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
 // [m][k] fp32, w [n][k] BF16, through baton's GEMV kernel (MatMulBf16) or,
 // with `tensor_cores`, the split tensor-core path (TensorCoreMatMulBf16).
 // Median seconds per call over `reps`.
-absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps,
-                                      bool tensor_cores);
+absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps, bool tensor_cores);
 
 // The same product through cuBLAS (cublasGemmEx, BF16 inputs, fp32
 // accumulation and output: tensor cores), the reference a prefill GEMM is

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/cuda/cublas.h"
 
 namespace baton::cuda {
 
@@ -96,8 +97,6 @@ absl::Status LaunchMatMul(const float* x, int64_t ldx, int64_t m, const DeviceMa
                           int64_t ldy, cudaStream_t s, int64_t batch = 1, int64_t stride_x = 0,
                           int64_t stride_w = 0, int64_t stride_y = 0);
 
-class Cublas;
-
 // Products of at least this many rows run on tensor cores where cuBLAS is
 // there (LaunchTensorCoreMatMul); fewer stay on LaunchMatMul, which reads
 // the weights once per 8 rows and is what a decode step is bound by.
@@ -105,14 +104,15 @@ inline constexpr int64_t kTensorCoreMinRows = 64;
 
 // LaunchMatMul's product (same arguments; BF16 weights only) on tensor
 // cores through cuBLAS. fp32 x is split into BF16 halves, x_hi = bf16(x)
-// and x_lo = bf16(x - x_hi), which keep 16 of its 24 mantissa bits
-// (relative error under 2^-16, against 2^-8 for BF16 activations), and
-// w x_hi + w x_lo accumulate in fp32: twice the tensor-core work for
-// results within rounding of the fp32 product. `split` holds one batch's
-// halves (grown to TensorCoreSplitBytes(m, w.cols); size it up front to
-// avoid a cudaFree mid-pass). The sums' order is cuBLAS's, which may differ
-// with m: such products are not batch-invariant.
-size_t TensorCoreSplitBytes(int64_t m, int64_t k);
+// and x_lo = bf16(x - x_hi), which keep each activation to 2^-16 of itself
+// (against 2^-8 for BF16 activations), and w x_hi + w x_lo accumulate in
+// fp32: twice the tensor-core work for an error under 2^-16 sum|w x|,
+// comparable to an fp32 sum's over thousands of terms. `split` holds the
+// halves of all `batch` products (grown to TensorCoreSplitBytes; size it up
+// front to avoid a cudaFree mid-pass). The sums' order is cuBLAS's, which
+// may differ with m: such products are not batch-invariant.
+// Thread-safety: `cublas` and `split` serve one stream at a time.
+size_t TensorCoreSplitBytes(int64_t m, int64_t k, int64_t batch = 1);
 absl::Status LaunchTensorCoreMatMul(Cublas& cublas, const float* x, int64_t ldx, int64_t m,
                                     const DeviceMatrix& w, float* y, int64_t ldy,
                                     DeviceBuffer& split, cudaStream_t s, int64_t batch = 1,

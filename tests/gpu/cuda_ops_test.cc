@@ -6,6 +6,7 @@
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/dtype.h"
@@ -71,16 +72,17 @@ TEST_F(CudaOpsTest, MatMulBf16MatchesTheCpu) {
 TEST_F(CudaOpsTest, TensorCoreMatMulMatchesTheCpu) {
   ThreadPool pool(2);
   for (auto [m, rows, cols] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {64, 2112, 7168},   // V3 q_a + kv_a at the smallest tensor-core chunk.
-           {130, 576, 512},    // Ragged rows.
-           {512, 3072, 2048},  // V2-Lite q_proj.
+           {64, 2112, 7168},    // V3 q_a + kv_a at the smallest tensor-core chunk.
+           {130, 576, 512},     // Ragged rows.
+           {512, 3072, 2048},   // V2-Lite q_proj.
            {77, 100, 1001}}) {  // Unaligned columns.
     Matrix w(DType::kBF16, rows, cols);
     const std::vector<float> values = Random(rows * cols, 0.02f);
     for (int64_t i = 0; i < rows * cols; ++i) w.bf16()[i] = FloatToBf16(values[i]);
     const std::vector<float> x = Random(m * cols);
     std::vector<float> gpu(m * rows), cpu(m * rows);
-    const absl::Status s = cuda::TensorCoreMatMulBf16(x.data(), m, w.bf16(), rows, cols, gpu.data());
+    const absl::Status s =
+        cuda::TensorCoreMatMulBf16(x.data(), m, w.bf16(), rows, cols, gpu.data());
     if (absl::IsNotFound(s)) GTEST_SKIP() << s.message();
     ASSERT_TRUE(s.ok()) << s;
     kernels::MatMul(x.data(), cols, m, w, cpu.data(), rows, pool);
