@@ -306,18 +306,29 @@ std::vector<TokenEvent> Engine::Step() {
     return events;
   }
 
-  // 3. Sample where a chunk completed the known sequence.
+  // 3. Sample where a chunk completed the known sequence: the rows at once
+  // on the pool (each depends only on its own logits, seed and step, so the
+  // tokens are those of one row at a time), then the events in order.
   const int vocab = config().vocab_size;
-  int64_t row = 0;
-  std::vector<Sequence*> done;
-  std::vector<FinishReason> done_reason;
+  std::vector<Sequence*> sampled;
   for (const Planned& p : plan) {
     Sequence& s = *p.seq;
     s.computed = p.begin + p.count;
-    if (s.computed != s.total_tokens()) continue;
-    const SampledToken token = Sample(&logits_[row * vocab], vocab, s.request.sampling,
-                                      s.request.prompt, s.output, s.seed, s.output.size());
-    ++row;
+    if (s.computed == s.total_tokens()) sampled.push_back(&s);
+  }
+  std::vector<SampledToken> sampled_tokens(sampled.size());
+  pool_.ParallelFor(static_cast<int64_t>(sampled.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const Sequence& s = *sampled[row];
+      sampled_tokens[row] = Sample(&logits_[row * vocab], vocab, s.request.sampling,
+                                   s.request.prompt, s.output, s.seed, s.output.size());
+    }
+  });
+  std::vector<Sequence*> done;
+  std::vector<FinishReason> done_reason;
+  for (size_t row = 0; row < sampled.size(); ++row) {
+    Sequence& s = *sampled[row];
+    const SampledToken& token = sampled_tokens[row];
     if (s.request.prefill_only) {
       // The first token travels with the KV; the decode worker emits it.
       TokenEvent e = Finish(s, FinishReason::kPrefilled);
