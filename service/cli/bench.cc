@@ -36,6 +36,7 @@ struct BenchFlags {
   int64_t prompt_len = 128, prompt_len_max = 0;
   int64_t output_len = 64, output_len_max = 0;
   double slo_ttft_ms = 0, slo_itl_ms = 0;
+  double temperature = 0, top_p = 1;  // Greedy unless set.
   int64_t seed = 1;
   bool json = false;
 };
@@ -193,6 +194,8 @@ int RunBench(const Args& args) {
   flags.Int("output-len-max", &f.output_len_max, "draw generated tokens uniformly up to this");
   flags.Double("slo-ttft", &f.slo_ttft_ms, "TTFT objective in ms for goodput (0: none)");
   flags.Double("slo-itl", &f.slo_itl_ms, "p90 inter-token latency objective in ms (0: none)");
+  flags.Double("temperature", &f.temperature, "sampling temperature of every request (0: greedy)");
+  flags.Double("top-p", &f.top_p, "nucleus sampling of every request (1: off)");
   flags.Int("seed", &f.seed, "seed of the prompt and length draws");
   flags.Bool("json", &f.json, "print one JSON object instead of a table");
   if (absl::Status s = flags.Parse(args); !s.ok()) {
@@ -239,6 +242,8 @@ int RunBench(const Args& args) {
     r.mutable_sampling()->set_max_tokens(
         static_cast<uint32_t>(draw(f.output_len, f.output_len_max)));
     r.mutable_sampling()->set_ignore_eos(true);
+    r.mutable_sampling()->set_temperature(static_cast<float>(f.temperature));
+    r.mutable_sampling()->set_top_p(static_cast<float>(f.top_p));
   }
   std::vector<double> arrivals(total, 0);
   if (f.rate > 0) {
