@@ -300,6 +300,10 @@ void ExpAndSum(float* x, int64_t n, float* max, float* sum) {
     avx512::ExpAndSum(x, n, max, sum);
     return;
   }
+  if (HasAvx2()) {
+    avx2::ExpAndSum(x, n, max, sum);
+    return;
+  }
   *max = -INFINITY;
   for (int64_t i = 0; i < n; ++i) *max = std::max(*max, x[i]);
   *sum = 0.f;

@@ -149,6 +149,53 @@ BATON_AVX2 void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* r
   MatMulRowsTyped(x, ldx, m, k, rows, 0, n, y, ldy);
 }
 
+namespace {
+
+// e^x for x <= 0, as the AVX-512 ExpNonPositive computes it (the same
+// reduction and polynomial), with 2^n built in the exponent bits: AVX2 has
+// no scalef. Arguments below -87.3 give e^-87.3; n >= -126 then, a normal.
+BATON_AVX2 inline __m256 ExpNonPositive(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+}  // namespace
+
+BATON_AVX2 void ExpAndSum(float* x, int64_t n, float* max_out, float* sum_out) {
+  __m256 max = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) max = _mm256_max_ps(max, _mm256_loadu_ps(x + i));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, max);
+  float top = -INFINITY;
+  for (float v : lanes) top = std::max(top, v);
+  for (int64_t j = i; j < n; ++j) top = std::max(top, x[j]);
+  *max_out = top;
+  const __m256 top8 = _mm256_set1_ps(top);
+  __m256 sum = _mm256_setzero_ps();
+  for (i = 0; i + 8 <= n; i += 8) {
+    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), top8));
+    _mm256_storeu_ps(x + i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float total = Sum(sum);
+  for (; i < n; ++i) total += x[i] = std::exp(x[i] - top);
+  *sum_out = total;
+}
+
 BATON_AVX2 float Dot(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t i = 0;

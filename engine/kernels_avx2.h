@@ -15,6 +15,7 @@ void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* rows, int64_
                float* y, int64_t ldy);
 float Dot(const float* a, const float* b, int64_t n);
 void Axpy(float a, const float* x, float* y, int64_t n);
+void ExpAndSum(float* x, int64_t n, float* max, float* sum);
 void AccumulateRows(const float* p, int64_t ldp, int64_t m, const float* rows, int64_t ldr,
                     int64_t n, int64_t k, float* out, int64_t ldo);
 
