@@ -243,11 +243,14 @@ class CudaBackend : public Backend {
     BATON_RETURN_IF_ERROR(
         Product(q, heads * qk, T, k_up, q_full, heads * width, heads, qk, lora * nope, width));
 
-    // Attention over the cache, in slices of tokens whose scores fit the
-    // scratch budget.
-    const int64_t per_token = heads * max_len_ * 4;
+    // Attention over the cache, in slices of tokens whose scores and partial
+    // sums fit the scratch budget.
+    const int64_t per_token =
+        heads * max_len_ * 4 + static_cast<int64_t>(MlaPartialsBytes(1, heads, max_len_, lora));
     const int64_t slice = std::max<int64_t>(1, kScoresBudget / per_token);
-    BATON_RETURN_IF_ERROR(scores_.Resize(std::min(slice, T) * per_token));
+    BATON_RETURN_IF_ERROR(scores_.Resize(std::min(slice, T) * heads * max_len_ * 4));
+    BATON_RETURN_IF_ERROR(
+        mla_partials_.Resize(MlaPartialsBytes(std::min(slice, T), heads, max_len_, lora)));
     for (int64_t t0 = 0; t0 < T; t0 += slice) {
       const int64_t n = std::min(slice, T - t0);
       const MlaProblem problem{q_full + t0 * heads * width,
@@ -263,6 +266,7 @@ class CudaBackend : public Backend {
                                max_len_,
                                softmax_scale_,
                                scores_.get<float>(),
+                               mla_partials_.get<float>(),
                                o_latent_.get<float>() + t0 * heads * lora};
       BATON_RETURN_IF_ERROR(LaunchMlaDecodeAttention(problem, s()));
     }
@@ -377,7 +381,8 @@ class CudaBackend : public Backend {
   }
 
  private:
-  // Scratch for attention scores: tokens are attended in slices within it.
+  // Scratch for attention scores and partial sums: tokens are attended in
+  // slices within it.
   static constexpr int64_t kScoresBudget = int64_t{256} << 20;
 
   cudaStream_t s() const { return stream_->get(); }
@@ -478,7 +483,7 @@ class CudaBackend : public Backend {
   int64_t max_len_ = 1, max_blocks_ = 1;
   DeviceBuffer ids_, positions_, row_at_, lengths_, tables_;
   DeviceBuffer x_, xn_, out_;
-  DeviceBuffer q_a_, q_, kv_, q_full_, o_latent_, attn_v_, scores_;
+  DeviceBuffer q_a_, q_, kv_, q_full_, o_latent_, attn_v_, scores_, mla_partials_;
   DeviceBuffer mlp_hidden_, router_, expert_in_, expert_out_, expert_hidden_;
   DeviceBuffer up_table_, down_table_;  // The grouped products' tables.
   DeviceBuffer expert_token_, token_first_, token_rows_, token_weight_;

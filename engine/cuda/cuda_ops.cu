@@ -236,8 +236,10 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
   auto dlengths = Upload(lengths, tokens, stream.get());
   if (!dlengths.ok()) return dlengths.status();
   DeviceBuffer scores(sizeof(float) * tokens * heads * max_len);
+  DeviceBuffer partials(MlaPartialsBytes(tokens, heads, max_len, lora));
   DeviceBuffer dout(sizeof(float) * tokens * heads * lora);
   if (!scores.status().ok()) return scores.status();
+  if (!partials.status().ok()) return partials.status();
   if (!dout.status().ok()) return dout.status();
   const MlaProblem problem{(*dq)->get<float>(),
                            tokens,
@@ -252,6 +254,7 @@ absl::Status MlaDecodeAttention(const float* q, int64_t tokens, int64_t heads, i
                            max_len,
                            scale,
                            scores.get<float>(),
+                           partials.get<float>(),
                            dout.get<float>()};
   if (absl::Status s = LaunchMlaDecodeAttention(problem, stream.get()); !s.ok()) return s;
   return FinishLaunch("MlaSums", out, dout.get<float>(), tokens * heads * lora, stream.get());
@@ -283,8 +286,10 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
   auto dlengths = Upload(lengths.data(), lengths.size(), stream.get());
   if (!dlengths.ok()) return dlengths.status();
   DeviceBuffer scores(sizeof(float) * tokens * heads * context);
+  DeviceBuffer partials(MlaPartialsBytes(tokens, heads, context, kLora));
   DeviceBuffer dout(sizeof(float) * tokens * heads * kLora);
   if (!scores.status().ok()) return scores.status();
+  if (!partials.status().ok()) return partials.status();
   if (!dout.status().ok()) return dout.status();
   const MlaProblem problem{(*dq)->get<float>(),
                            tokens,
@@ -299,6 +304,7 @@ absl::StatusOr<double> TimeMlaDecodeAttention(int64_t tokens, int64_t heads, int
                            context,
                            0.04f,
                            scores.get<float>(),
+                           partials.get<float>(),
                            dout.get<float>()};
   return MedianSeconds(
       stream.get(), [&] { return LaunchMlaDecodeAttention(problem, stream.get()); }, reps);

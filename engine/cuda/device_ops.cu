@@ -301,6 +301,11 @@ __global__ void CombineRowsKernel(const float* rows, const int64_t* first, const
 constexpr int kHeadTile = 16;
 constexpr int kScoreRows = 64;   // Rows per scores block.
 constexpr int kSumColumns = 64;  // Latent columns per sums block.
+// Context rows per sums block: a token's context is split into pieces of
+// this many rows whatever its batch, and the pieces are added in order.
+constexpr int64_t kSumRows = 256;
+
+int64_t SumPieces(int64_t max_len) { return (max_len + kSumRows - 1) / kSumRows; }
 
 __device__ const uint16_t* CacheRow(const uint16_t* cache, const int32_t* table, int64_t block_rows,
                                     int64_t width, int64_t j) {
@@ -383,31 +388,48 @@ __global__ void MlaSoftmaxKernel(float* scores, int64_t heads, const int32_t* le
   for (int64_t j = threadIdx.x; j < len; j += blockDim.x) s[j] *= inv;
 }
 
-// grid (tokens, head tiles, column tiles); 16 threads per head, 4 adjacent
-// columns each: a row's 64 columns are one coalesced read shared by the
-// tile's heads.
+// grid (tokens, head tiles, column tiles x context pieces); 16 threads per
+// head, 4 adjacent columns each: a row's 64 columns are one coalesced read
+// shared by the tile's heads. Each block sums one piece of kSumRows rows into
+// `partials` [tokens][heads][pieces][lora]; MlaCombineKernel adds them.
 __global__ void MlaSumsKernel(const float* probs, int64_t heads, int64_t width, int64_t lora,
                               const uint16_t* cache, int64_t block_rows, const int32_t* tables,
                               int64_t max_blocks, const int32_t* lengths, int64_t max_len,
-                              float* out) {
+                              int64_t column_tiles, int64_t pieces, float* partials) {
   const int64_t t = blockIdx.x;
+  const int64_t piece = blockIdx.z / column_tiles, column_tile = blockIdx.z % column_tiles;
   const int64_t h = static_cast<int64_t>(blockIdx.y) * kHeadTile + threadIdx.x / 16;
-  const int64_t c0 = static_cast<int64_t>(blockIdx.z) * kSumColumns + (threadIdx.x % 16) * 4;
-  if (h >= heads || c0 >= lora) return;
-  const int64_t len = lengths[t];
+  const int64_t c0 = column_tile * kSumColumns + (threadIdx.x % 16) * 4;
+  const int64_t len = lengths[t], j0 = piece * kSumRows;
+  if (h >= heads || c0 >= lora || j0 >= len) return;
+  const int64_t j1 = min(len, j0 + kSumRows);
   const int32_t* table = tables + t * max_blocks;
   const float* p = probs + (t * heads + h) * max_len;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int64_t j = 0; j < len; ++j) {
+  for (int64_t j = j0; j < j1; ++j) {
     const uint16_t* row = CacheRow(cache, table, block_rows, width, j) + c0;
     const float pj = p[j];
     for (int e = 0; e < 4; ++e) {
       if (c0 + e < lora) acc[e] += pj * Bf16ToFloat(row[e]);
     }
   }
+  float* out = partials + ((t * heads + h) * pieces + piece) * lora;
   for (int e = 0; e < 4; ++e) {
-    if (c0 + e < lora) out[(t * heads + h) * lora + c0 + e] = acc[e];
+    if (c0 + e < lora) out[c0 + e] = acc[e];
   }
+}
+
+// out[t][h][c] = the sum of token t's pieces, in order.
+__global__ void MlaCombineKernel(const float* partials, int64_t tokens, int64_t heads, int64_t lora,
+                                 int64_t pieces, const int32_t* lengths, float* out) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= tokens * heads * lora) return;
+  const int64_t t = idx / (heads * lora), h = idx / lora % heads, c = idx % lora;
+  const int64_t used = (lengths[t] + kSumRows - 1) / kSumRows;
+  const float* piece = partials + (t * heads + h) * pieces * lora + c;
+  float sum = 0.f;
+  for (int64_t k = 0; k < used; ++k) sum += piece[k * lora];
+  out[idx] = sum;
 }
 
 }  // namespace
@@ -657,11 +679,25 @@ absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t stream) 
   MlaSoftmaxKernel<<<dim3(tokens, static_cast<unsigned>(p.heads)), kThreads, 0, stream>>>(
       p.scores, p.heads, p.lengths, p.max_len);
   if (absl::Status s = Check(cudaGetLastError(), "MlaSoftmax"); !s.ok()) return s;
-  MlaSumsKernel<<<dim3(tokens, head_tiles,
-                       static_cast<unsigned>((p.lora + kSumColumns - 1) / kSumColumns)),
-                  kThreads, 0, stream>>>(p.scores, p.heads, p.width, p.lora, p.cache, p.block_rows,
-                                         p.tables, p.max_blocks, p.lengths, p.max_len, p.out);
-  return Check(cudaGetLastError(), "MlaSums");
+  const int64_t column_tiles = (p.lora + kSumColumns - 1) / kSumColumns;
+  const int64_t pieces = SumPieces(p.max_len);
+  if (column_tiles * pieces > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("MLA attention over ", p.max_len, " rows"));
+  }
+  MlaSumsKernel<<<dim3(tokens, head_tiles, static_cast<unsigned>(column_tiles * pieces)), kThreads,
+                  0, stream>>>(p.scores, p.heads, p.width, p.lora, p.cache, p.block_rows, p.tables,
+                               p.max_blocks, p.lengths, p.max_len, column_tiles, pieces,
+                               p.partials);
+  if (absl::Status s = Check(cudaGetLastError(), "MlaSums"); !s.ok()) return s;
+  MlaCombineKernel<<<Blocks(p.tokens * p.heads * p.lora), kThreads, 0, stream>>>(
+      p.partials, p.tokens, p.heads, p.lora, pieces, p.lengths, p.out);
+  return Check(cudaGetLastError(), "MlaCombine");
+}
+
+size_t MlaPartialsBytes(int64_t tokens, int64_t heads, int64_t max_len, int64_t lora) {
+  return sizeof(float) * static_cast<size_t>(std::max<int64_t>(tokens, 1)) *
+         static_cast<size_t>(heads) * static_cast<size_t>(SumPieces(max_len)) *
+         static_cast<size_t>(lora);
 }
 
 size_t GroupedTableBytes(int64_t products) { return sizeof(DeviceProduct) * products; }

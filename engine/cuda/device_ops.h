@@ -197,9 +197,13 @@ struct MlaProblem {
   const int32_t* lengths;  // [tokens]
   int64_t max_len;
   float scale;
-  float* scores;  // [tokens][heads][max_len] scratch
-  float* out;     // [tokens][heads][lora]
+  float* scores;    // [tokens][heads][max_len] scratch
+  float* partials;  // MlaPartialsBytes of scratch: the sums' pieces
+  float* out;       // [tokens][heads][lora]
 };
+// The sums run over pieces of the context (so that a few long contexts
+// still fill the GPU) and are added in piece order: the scratch for them.
+size_t MlaPartialsBytes(int64_t tokens, int64_t heads, int64_t max_len, int64_t lora);
 absl::Status LaunchMlaDecodeAttention(const MlaProblem& p, cudaStream_t s);
 
 }  // namespace baton::cuda
