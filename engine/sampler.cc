@@ -178,12 +178,24 @@ SampledToken Sample(const float* logits, int vocab, const SamplingOptions& o,
   float max_logit = 0.f;
   const float log_z = LogSumExp(logits, vocab, scratch, &max_logit);
 
-  // The logits the choice is made from: the raw ones, or a penalized copy.
+  // The logits the choice is made from: the raw ones, or a copy that is
+  // penalized, or cleaned of what a broken model may produce (a NaN is
+  // never chosen; +inf becomes a large finite logit that still wins, and
+  // still does when divided by a small temperature): the candidate order
+  // needs a strict weak order, and a NaN has none.
   const float* choice = logits;
   std::vector<float> adjusted;
-  if (o.repetition_penalty != 1.0f || o.frequency_penalty != 0.0f || o.presence_penalty != 0.0f) {
+  const bool penalized =
+      o.repetition_penalty != 1.0f || o.frequency_penalty != 0.0f || o.presence_penalty != 0.0f;
+  if (penalized || !std::isfinite(log_z)) {
     adjusted.assign(logits, logits + vocab);
     choice = adjusted.data();
+    for (float& l : adjusted) {
+      if (std::isnan(l)) l = -INFINITY;
+      if (l == INFINITY) l = 1e30f;
+    }
+  }
+  if (penalized) {
     std::unordered_map<int32_t, int> output_counts;
     for (int32_t t : output) ++output_counts[t];
     if (o.repetition_penalty != 1.0f) {
@@ -209,6 +221,7 @@ SampledToken Sample(const float* logits, int vocab, const SamplingOptions& o,
   if (o.temperature == 0.0f) {
     result.id =
         static_cast<int32_t>(std::find(choice, choice + vocab, best) - choice);  // The first.
+    if (result.id == vocab) result.id = 0;  // Every logit -inf (or NaN).
   } else {
     result.id = Draw(choice, vocab, best, o, Uniform(seed, step), scratch);
   }

@@ -157,6 +157,32 @@ TEST(SamplerTest, DrawsEqualAFullSortOfTheVocabulary) {
   }
 }
 
+// What a broken checkpoint may put in the logits never crashes the sampler
+// or escapes the vocabulary: a NaN is never chosen, +inf always is.
+TEST(SamplerTest, NonFiniteLogitsAreHandled) {
+  const float nan = std::nanf(""), inf = INFINITY;
+  SamplingOptions greedy, sampled;
+  sampled.temperature = 0.8f;
+  sampled.top_p = 0.9f;
+  sampled.logprobs = 2;
+  const std::vector<float> with_inf = {1.f, nan, inf, -inf, 3.f};
+  EXPECT_EQ(Sample(with_inf.data(), 5, greedy, {}, {}, 1, 0).id, 2);
+  for (uint64_t step = 0; step < 50; ++step) {
+    EXPECT_EQ(Sample(with_inf.data(), 5, sampled, {}, {}, 1, step).id, 2);
+  }
+  const std::vector<float> with_nan = {nan, 1.f, nan, 2.f, -inf};
+  EXPECT_EQ(Sample(with_nan.data(), 5, greedy, {}, {}, 1, 0).id, 3);
+  for (uint64_t step = 0; step < 50; ++step) {
+    const int32_t id = Sample(with_nan.data(), 5, sampled, {}, {}, 1, step).id;
+    EXPECT_TRUE(id == 1 || id == 3) << id;
+  }
+  for (const std::vector<float>& hopeless :
+       {std::vector<float>(4, -inf), std::vector<float>(4, nan)}) {
+    EXPECT_LT(Sample(hopeless.data(), 4, greedy, {}, {}, 1, 0).id, 4);
+    EXPECT_LT(Sample(hopeless.data(), 4, sampled, {}, {}, 1, 0).id, 4);
+  }
+}
+
 TEST(SamplerTest, ValidationNamesTheField) {
   SamplingOptions o;
   EXPECT_TRUE(ValidateSamplingOptions(o).ok());
