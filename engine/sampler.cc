@@ -91,11 +91,14 @@ int32_t Draw(const float* adjusted, int vocab, float best, const SamplingOptions
   // The softmax's denominator over the k candidates.
   double total = 0;
   if (k == vocab) {
+    // The exponents as the probabilities below take them (the difference
+    // first, then the temperature): dividing first would round each by an
+    // ulp of logit / T, which at small temperatures is most of the value.
     scratch.resize(vocab);
-    for (int i = 0; i < vocab; ++i) scratch[i] = adjusted[i] / o.temperature;
+    for (int i = 0; i < vocab; ++i) scratch[i] = (adjusted[i] - best) / o.temperature;
     float max = 0.f, sum = 0.f;
     kernels::ExpAndSum(scratch.data(), vocab, &max, &sum);
-    total = sum * std::exp(static_cast<double>(max) - best / o.temperature);
+    total = sum * std::exp(static_cast<double>(max));
   } else {
     for (int i = 0; i < k; ++i) {
       total += std::exp(static_cast<double>(adjusted[order.at(i)] - best) / o.temperature);
@@ -137,7 +140,16 @@ int32_t Draw(const float* adjusted, int vocab, float best, const SamplingOptions
     acc += prob(i);
     if (u < acc) return order.at(i);
   }
-  return order.at(keep - 1);
+  // The float denominator came out above the probabilities' double sum (by
+  // rounding, ~1e-5 at most): draw again within what was walked, never
+  // handing the leftover to the last, least likely candidate.
+  const double v = uniform * acc;
+  double again = 0;
+  for (int i = 0; i < keep; ++i) {
+    again += prob(i);
+    if (v < again) return order.at(i);
+  }
+  return order.at(0);
 }
 
 absl::Status Invalid(const std::string& field, const std::string& what) {

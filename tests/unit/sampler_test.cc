@@ -183,6 +183,38 @@ TEST(SamplerTest, NonFiniteLogitsAreHandled) {
   }
 }
 
+// At low temperatures the probabilities are a few near-ties and a sea of
+// zeros: no draw may land on a token of probability 0, or on a masked one.
+TEST(SamplerTest, DrawsNeverLandOnImpossibleTokens) {
+  const float inf = INFINITY;
+  SamplingOptions o;
+  o.temperature = 1e-6f;
+  const std::vector<float> near_tie = {25.894127f, 25.894125f, -5.f, -inf};
+  std::map<int32_t, int> counts;
+  for (uint64_t step = 0; step < 2000; ++step)
+    ++counts[Sample(near_tie.data(), 4, o, {}, {}, 3, step).id];
+  EXPECT_EQ(counts[2] + counts[3], 0);
+  // Token 1 is one float (1.9e-6) below token 0: e^-1.9 of its probability.
+  EXPECT_GT(counts[0], counts[1]);
+  EXPECT_GT(counts[1], 0);
+  // A masked vocabulary (-inf) with a narrow tail, at ordinary settings.
+  std::vector<float> masked(5000, -inf);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> tail(-16.5f, 0.3f);
+  for (int i = 0; i < 3000; ++i) masked[i] = tail(rng);
+  masked[4321 % 3000] = 0.f;
+  for (float temperature : {0.3f, 1.f}) {
+    for (float top_p : {1.f, 0.999f}) {
+      o.temperature = temperature;
+      o.top_p = top_p;
+      for (uint64_t step = 0; step < 500; ++step) {
+        const int32_t id = Sample(masked.data(), 5000, o, {}, {}, 8, step).id;
+        ASSERT_LT(id, 3000) << "a masked token, T=" << temperature << " top_p=" << top_p;
+      }
+    }
+  }
+}
+
 TEST(SamplerTest, ValidationNamesTheField) {
   SamplingOptions o;
   EXPECT_TRUE(ValidateSamplingOptions(o).ok());
