@@ -315,6 +315,7 @@ void KvReceiver::Serve(int fd) {
 }
 
 bool KvReceiver::ServeTransfer(int fd) {
+  SetWakeThreshold(fd, 1);  // Between transfers: any byte is news.
   FrameHeader h;
   if (!ReadFull(fd, &h, sizeof h, kIdleConnectionMs).ok()) return false;  // Closed or idle.
   if (h.layer != kStartLayer) {
@@ -369,16 +370,24 @@ bool KvReceiver::ServeTransfer(int fd) {
   std::vector<int64_t> rows_per_layer(layout_.layers, 0);
   std::vector<uint8_t> rows;
   uint64_t bytes = 0;
-  // The least the frames can add up to (one per layer; more frames only add
-  // headers): the receiver sleeps until they are all in, or kMaxWakeBytes.
+  // The receiver sleeps until what is surely still to come is in (or
+  // kMaxWakeBytes of it): the frames' least total (one per layer; more
+  // frames only add headers) and the end marker's header. Never more: on a
+  // kept-open connection nothing else would wake it.
   const uint64_t frame_bytes =
       static_cast<uint64_t>(layout_.layers) * (sizeof h + tokens * layout_.row_bytes());
+  uint64_t consumed = 0;
+  auto expect_rest = [&] {
+    SetWakeThreshold(fd, (consumed < frame_bytes ? frame_bytes - consumed : 0) + sizeof h);
+  };
   while (true) {
-    SetWakeThreshold(fd, bytes < frame_bytes ? frame_bytes - bytes : 1);
+    expect_rest();
     if (absl::Status s = ReadFull(fd, &h, sizeof h, kIdleTimeoutMs); !s.ok()) {
       return fail(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
     }
+    consumed += sizeof h;
     if (h.layer == kDoneLayer) {
+      SetWakeThreshold(fd, 1);  // The closing message may be shorter than any bound.
       std::string closing(std::min<size_t>(h.closing_bytes, KvSender::kMaxClosingBytes), '\0');
       if (h.closing_bytes > KvSender::kMaxClosingBytes ||
           !ReadFull(fd, closing.data(), closing.size(), kIdleTimeoutMs).ok()) {
@@ -404,9 +413,11 @@ bool KvReceiver::ServeTransfer(int fd) {
     }
     const size_t count = static_cast<size_t>((h.end - h.begin) * layout_.row_bytes());
     rows.resize(count);
+    expect_rest();
     if (absl::Status s = ReadFull(fd, rows.data(), count, kIdleTimeoutMs); !s.ok()) {
       return fail(absl::UnavailableError(absl::StrCat("KV transfer broke: ", s.message())));
     }
+    consumed += count;
     bytes += sizeof h + count;
     if (absl::Status s =
             sink_->ImportKv(request_id, static_cast<int>(h.layer), static_cast<int64_t>(h.begin),
