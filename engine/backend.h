@@ -87,7 +87,9 @@ class Backend {
   // The router's logits of xn, [tokens][experts], into host memory.
   virtual absl::Status RouterLogits(const Matrix& router, std::vector<float>* logits) = 0;
   // out = the shared experts of xn plus each token's routed experts, added
-  // in expert order (so a token's sum never depends on its batch).
+  // in expert order (so the combination never depends on the batch; the
+  // products themselves may, where a backend picks its kernel by their
+  // size: the CUDA backend's tensor cores from 64 rows).
   virtual absl::Status Experts(const MoeWeights& moe, const ExpertRouting& routing) = 0;
   // x += out.
   virtual absl::Status AddOut() = 0;

@@ -99,6 +99,9 @@ absl::Status Cublas::GemmBf16(int64_t m, int64_t n, int64_t k, const uint16_t* x
                        static_cast<int>(ldw), stride_w, x, CUDA_R_16BF, static_cast<int>(ldx),
                        stride_x, &beta, y, CUDA_R_32F, static_cast<int>(ldy), stride_y,
                        static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (r == CUBLAS_STATUS_NOT_SUPPORTED || r == CUBLAS_STATUS_ARCH_MISMATCH) {
+    return absl::UnimplementedError(absl::StrCat("cuBLAS has no BF16 product here: status ", r));
+  }
   if (r != CUBLAS_STATUS_SUCCESS) {
     return absl::InternalError(absl::StrCat("cublasGemm: status ", r));
   }

@@ -33,7 +33,9 @@ class Cublas {
   // j < n, c < k: BF16 x and w (rows ldx and ldw elements apart), fp32
   // accumulation and y (rows ldy apart), queued on `s`. `batch` such
   // products (one strided-batched call), each stride_x, stride_w and
-  // stride_y elements further on.
+  // stride_y elements further on. UNIMPLEMENTED where this cuBLAS and GPU
+  // have no such product (the caller may compute it otherwise); any other
+  // error is one.
   absl::Status GemmBf16(int64_t m, int64_t n, int64_t k, const uint16_t* x, int64_t ldx,
                         const uint16_t* w, int64_t ldw, float* y, int64_t ldy, float beta,
                         cudaStream_t s, int64_t batch = 1, int64_t stride_x = 0,

@@ -135,6 +135,35 @@ absl::Status MatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t ro
                        });
 }
 
+absl::Status TensorCoreMatMulBf16Batched(const float* x, int64_t ldx, int64_t m, const uint16_t* w,
+                                         int64_t rows, int64_t cols, float* y, int64_t ldy,
+                                         int64_t batch, int64_t stride_x, int64_t stride_w,
+                                         int64_t stride_y) {
+  if (m <= 0 || batch <= 0) return absl::InvalidArgumentError("TensorCoreMatMulBf16Batched: empty");
+  auto cublas = Cublas::Open();
+  if (!cublas.ok()) return cublas.status();
+  const int64_t x_count = (batch - 1) * stride_x + (m - 1) * ldx + cols;
+  const int64_t w_count = (batch - 1) * stride_w + rows * cols;
+  const int64_t y_count = (batch - 1) * stride_y + (m - 1) * ldy + rows;
+  Stream stream;
+  if (!stream.status().ok()) return stream.status();
+  auto dx = Upload(x, x_count, stream.get());
+  if (!dx.ok()) return dx.status();
+  auto dw = Upload(w, w_count, stream.get());
+  if (!dw.ok()) return dw.status();
+  auto dy = Upload(y, y_count, stream.get());  // The columns no product writes stay.
+  if (!dy.ok()) return dy.status();
+  DeviceBuffer split;
+  const DeviceMatrix matrix{(*dw)->get<uint16_t>(), true, rows, cols};
+  if (absl::Status s =
+          LaunchTensorCoreMatMul(**cublas, (*dx)->get<float>(), ldx, m, matrix, (*dy)->get<float>(),
+                                 ldy, split, stream.get(), batch, stride_x, stride_w, stride_y);
+      !s.ok()) {
+    return s;
+  }
+  return FinishLaunch("TensorCoreMatMulBf16Batched", y, (*dy)->get<float>(), y_count, stream.get());
+}
+
 bool HasCublas(std::string* why) {
   auto cublas = Cublas::Open();
   if (!cublas.ok() && why != nullptr) *why = std::string(cublas.status().message());

@@ -44,6 +44,16 @@ bool HasCublas(std::string* why = nullptr);
 absl::Status TensorCoreMatMulBf16(const float* x, int64_t m, const uint16_t* w, int64_t rows,
                                   int64_t cols, float* y);
 
+// `batch` such products in one strided-batched call, as the backend runs
+// MLA's per-head up-projections: product b reads x + b * stride_x (rows ldx
+// apart, `cols` wide) and w + b * stride_w ([rows][cols]) and writes `rows`
+// columns at y + b * stride_y (rows ldy apart); other columns of y stay.
+// x and y are host buffers covering those extents.
+absl::Status TensorCoreMatMulBf16Batched(const float* x, int64_t ldx, int64_t m, const uint16_t* w,
+                                         int64_t rows, int64_t cols, float* y, int64_t ldy,
+                                         int64_t batch, int64_t stride_x, int64_t stride_w,
+                                         int64_t stride_y);
+
 // Several MatMulBf16 products in one launch (how the backend runs a step's
 // experts): products[g] is {x, m, w, rows, cols, y} with MatMulBf16's
 // meaning. Each result equals MatMulBf16's bit for bit.
