@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,14 @@ float LogSumExp(const float* x, int n, std::vector<float>& scratch, float* max) 
   kernels::ExpAndSum(scratch.data(), n, max, &sum);
   return *max + std::log(sum);
 }
+
+// Token a before token b: the larger logit first, ties to the lower id.
+struct ByLogit {
+  const float* logits;
+  bool operator()(int32_t a, int32_t b) const {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  }
+};
 
 // The candidates of a temperature draw in the order a full sort by
 // decreasing logit (ties: lower id first) gives, sorted only as far as the
@@ -68,14 +77,7 @@ class CandidateOrder {
   }
 
  private:
-  struct Before {
-    const float* logits;
-    bool operator()(int32_t a, int32_t b) const {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    }
-  };
-
-  const Before before_;
+  const ByLogit before_;
   std::vector<uint8_t> bucket_;
   std::vector<int32_t> order_;  // Sorted: the buckets gathered so far.
   uint8_t next_bucket_ = 0;
@@ -134,21 +136,22 @@ int32_t Draw(const float* adjusted, int vocab, float best, const SamplingOptions
     kept_total = 0;
     for (int i = 0; i < keep; ++i) kept_total += prob(i);
   }
-  const double u = uniform * kept_total;
-  double acc = 0;
-  for (int i = 0; i < keep; ++i) {
-    acc += prob(i);
-    if (u < acc) return order.at(i);
-  }
+  // The first kept candidate whose cumulative probability passes `target`,
+  // or none; either way the probabilities walked add up to `walked`.
+  double walked = 0;
+  auto walk = [&](double target) -> std::optional<int32_t> {
+    walked = 0;
+    for (int i = 0; i < keep; ++i) {
+      walked += prob(i);
+      if (target < walked) return order.at(i);
+    }
+    return std::nullopt;
+  };
+  if (auto id = walk(uniform * kept_total)) return *id;
   // The float denominator came out above the probabilities' double sum (by
   // rounding, ~1e-5 at most): draw again within what was walked, never
   // handing the leftover to the last, least likely candidate.
-  const double v = uniform * acc;
-  double again = 0;
-  for (int i = 0; i < keep; ++i) {
-    again += prob(i);
-    if (v < again) return order.at(i);
-  }
+  if (auto id = walk(uniform * walked)) return *id;
   return order.at(0);
 }
 
@@ -242,9 +245,7 @@ SampledToken Sample(const float* logits, int vocab, const SamplingOptions& o,
     // The n best in one pass: most tokens lose to the n-th best so far at
     // the first comparison (a partial sort of the vocabulary cost 0.4 ms).
     const size_t n = static_cast<size_t>(std::min(o.logprobs, vocab));
-    auto before = [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    };
+    const ByLogit before{logits};
     std::vector<int32_t> top;
     top.reserve(n + 1);
     for (int32_t i = 0; i < vocab; ++i) {

@@ -342,7 +342,7 @@ class CudaBackend : public Backend {
     auto run = [&](std::vector<GroupedProduct>& products, DeviceBuffer& table) -> absl::Status {
       std::vector<GroupedProduct> small;
       for (const GroupedProduct& p : products) {
-        if (cublas_ != nullptr && p.w.bf16 && p.m >= kTensorCoreMinRows) {
+        if (OnTensorCores(p.w, p.m)) {
           BATON_RETURN_IF_ERROR(Product(p.x, p.ldx, p.m, p.w, p.y, p.ldy));
         } else {
           small.push_back(p);
@@ -391,10 +391,13 @@ class CudaBackend : public Backend {
   // of kTensorCoreMinRows rows or more where cuBLAS is there (prefill
   // chunks, large decode batches), else on baton's GEMV, which reads the
   // weights once per 8 rows and keeps pace with the memory in a decode step.
+  bool OnTensorCores(const DeviceMatrix& w, int64_t m) const {
+    return cublas_ != nullptr && w.bf16 && m >= kTensorCoreMinRows;
+  }
   absl::Status Product(const float* x, int64_t ldx, int64_t m, const DeviceMatrix& w, float* y,
                        int64_t ldy, int64_t batch = 1, int64_t stride_x = 0, int64_t stride_w = 0,
                        int64_t stride_y = 0) {
-    if (cublas_ != nullptr && w.bf16 && m >= kTensorCoreMinRows) {
+    if (OnTensorCores(w, m)) {
       const absl::Status tensor = LaunchTensorCoreMatMul(*cublas_, x, ldx, m, w, y, ldy, split_,
                                                          s(), batch, stride_x, stride_w, stride_y);
       if (!absl::IsUnimplemented(tensor)) return tensor;

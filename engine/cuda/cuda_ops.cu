@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -68,6 +69,36 @@ struct Filler {
   uint32_t x = 12345;
   float Next() { return static_cast<float>((x = x * 1664525u + 1013904223u) >> 8) * 1e-8f; }
   uint16_t NextBf16() { return static_cast<uint16_t>(0x3c00 + ((x = x * 1664525u + 1u) >> 24)); }
+};
+
+// The operands of a timed product in device memory, filled with any values:
+// x [m][k] of X (fp32 activations, or BF16 ones for cuBLAS), BF16 w [n][k],
+// and room for y [m][n]; the uploads are queued on `s`.
+template <typename X>
+struct TimedOperands {
+  std::unique_ptr<DeviceBuffer> x, w;
+  DeviceBuffer y;
+
+  absl::Status Make(int64_t m, int64_t k, int64_t n, cudaStream_t s) {
+    Filler fill;
+    std::vector<X> host_x(m * k);
+    std::vector<uint16_t> host_w(n * k);
+    for (X& v : host_x) {
+      if constexpr (std::is_same_v<X, float>) {
+        v = fill.Next();
+      } else {
+        v = fill.NextBf16();
+      }
+    }
+    for (uint16_t& v : host_w) v = fill.NextBf16();
+    auto dx = Upload(host_x.data(), m * k, s);
+    if (!dx.ok()) return dx.status();
+    auto dw = Upload(host_w.data(), n * k, s);
+    if (!dw.ok()) return dw.status();
+    x = *std::move(dx);
+    w = *std::move(dw);
+    return y.Resize(sizeof(float) * m * n);
+  }
 };
 
 }  // namespace
@@ -344,20 +375,11 @@ absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps,
   if (m <= 0 || k <= 0 || n <= 0 || reps <= 0) {
     return absl::InvalidArgumentError("TimeMatMulBf16: bad shape");
   }
-  Filler fill;
-  std::vector<float> x(m * k);
-  std::vector<uint16_t> w(n * k);
-  for (float& v : x) v = fill.Next();
-  for (uint16_t& v : w) v = fill.NextBf16();
   Stream stream;
   if (!stream.status().ok()) return stream.status();
-  auto dx = Upload(x.data(), m * k, stream.get());
-  if (!dx.ok()) return dx.status();
-  auto dw = Upload(w.data(), n * k, stream.get());
-  if (!dw.ok()) return dw.status();
-  DeviceBuffer dy(sizeof(float) * m * n);
-  if (!dy.status().ok()) return dy.status();
-  const DeviceMatrix matrix{(*dw)->get<uint16_t>(), /*bf16=*/true, n, k};
+  TimedOperands<float> op;
+  if (absl::Status made = op.Make(m, k, n, stream.get()); !made.ok()) return made;
+  const DeviceMatrix matrix{op.w->get<uint16_t>(), /*bf16=*/true, n, k};
   std::unique_ptr<Cublas> cublas;
   DeviceBuffer split;
   if (tensor_cores) {
@@ -370,10 +392,10 @@ absl::StatusOr<double> TimeMatMulBf16(int64_t m, int64_t k, int64_t n, int reps,
       stream.get(),
       [&] {
         if (tensor_cores) {
-          return LaunchTensorCoreMatMul(*cublas, (*dx)->get<float>(), k, m, matrix, dy.get<float>(),
-                                        n, split, stream.get());
+          return LaunchTensorCoreMatMul(*cublas, op.x->get<float>(), k, m, matrix,
+                                        op.y.get<float>(), n, split, stream.get());
         }
-        return LaunchMatMul((*dx)->get<float>(), k, m, matrix, dy.get<float>(), n, stream.get());
+        return LaunchMatMul(op.x->get<float>(), k, m, matrix, op.y.get<float>(), n, stream.get());
       },
       reps);
 }
@@ -384,23 +406,15 @@ absl::StatusOr<double> TimeCublasGemmBf16(int64_t m, int64_t k, int64_t n, int r
   }
   auto cublas = Cublas::Open();
   if (!cublas.ok()) return cublas.status();
-  Filler fill;
-  std::vector<uint16_t> x(m * k), w(n * k);
-  for (uint16_t& v : x) v = fill.NextBf16();
-  for (uint16_t& v : w) v = fill.NextBf16();
   Stream stream;
   if (!stream.status().ok()) return stream.status();
-  auto dx = Upload(x.data(), m * k, stream.get());
-  if (!dx.ok()) return dx.status();
-  auto dw = Upload(w.data(), n * k, stream.get());
-  if (!dw.ok()) return dw.status();
-  DeviceBuffer dy(sizeof(float) * m * n);
-  if (!dy.status().ok()) return dy.status();
+  TimedOperands<uint16_t> op;
+  if (absl::Status made = op.Make(m, k, n, stream.get()); !made.ok()) return made;
   return MedianSeconds(
       stream.get(),
       [&] {
-        return (*cublas)->GemmBf16(m, n, k, (*dx)->get<uint16_t>(), k, (*dw)->get<uint16_t>(), k,
-                                   dy.get<float>(), n, 0.f, stream.get());
+        return (*cublas)->GemmBf16(m, n, k, op.x->get<uint16_t>(), k, op.w->get<uint16_t>(), k,
+                                   op.y.get<float>(), n, 0.f, stream.get());
       },
       reps);
 }
