@@ -15,8 +15,8 @@ class RefusedStream : public grpc::ServerWriteReactor<v1::GenerateResponse> {
 }  // namespace
 
 DecodeService::DecodeService(InferenceService* inference, EngineLoop* loop, const PeerAuth* auth,
-                             std::string fingerprint)
-    : inference_(inference), loop_(loop), auth_(auth), fingerprint_(std::move(fingerprint)) {}
+                             const DisaggregationContext* disaggregation)
+    : inference_(inference), loop_(loop), auth_(auth), disaggregation_(disaggregation) {}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
     grpc::CallbackServerContext* context, const internal::v1::DecodeGenerateRequest* request) {
@@ -26,14 +26,15 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(
   PrefillPlan plan;
   plan.prefill_address = request->prefill_address();
   plan.local_threshold = request->local_prefill_threshold();
+  plan.transfer_id = request->transfer_id();
   return inference_->StartGenerate(context, &request->request(), &plan);
 }
 
 grpc::ServerUnaryReactor* DecodeService::GetLoad(grpc::CallbackServerContext* context,
                                                  const internal::v1::LoadRequest*,
                                                  internal::v1::LoadReport* report) {
-  return AnswerGetLoad(context, *auth_, "DecodeWorker.GetLoad", loop_->stats(), fingerprint_,
-                       report);
+  return AnswerGetLoad(context, *auth_, "DecodeWorker.GetLoad", loop_->stats(),
+                       disaggregation_->layout, disaggregation_->data_address, report);
 }
 
 }  // namespace baton

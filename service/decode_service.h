@@ -15,8 +15,9 @@ namespace baton {
 
 class DecodeService final : public internal::v1::DecodeWorker::CallbackService {
  public:
+  // `disaggregation` names the data channel and the KV layout.
   DecodeService(InferenceService* inference, EngineLoop* loop, const PeerAuth* auth,
-                std::string fingerprint);
+                const DisaggregationContext* disaggregation);
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context,
@@ -29,7 +30,7 @@ class DecodeService final : public internal::v1::DecodeWorker::CallbackService {
   InferenceService* inference_;
   EngineLoop* loop_;
   const PeerAuth* auth_;
-  std::string fingerprint_;
+  const DisaggregationContext* disaggregation_;
 };
 
 }  // namespace baton

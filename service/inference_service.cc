@@ -180,10 +180,18 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     text_ = std::make_unique<TextStream>(
         service_->tokenizer_, std::vector<std::string>(request->sampling().stop().begin(),
                                                        request->sampling().stop().end()));
+    const bool dispatched = plan != nullptr && plan->transfer_id != 0;
+    if (dispatched && (service_->disaggregation_ == nullptr || plan->prefill_address.empty() ||
+                       !engine_request->sampling.seed.has_value())) {
+      FinishNow(grpc::Status(grpc::INVALID_ARGUMENT,
+                             "transfer_id needs a decode worker, prefill_address and "
+                             "request.sampling.seed"));
+      return;
+    }
     if (plan != nullptr && service_->disaggregation_ != nullptr) {
       const bool short_prompt = prompt_tokens_ < plan->local_threshold;
       const bool room = service_->loop_->stats().waiting == 0;
-      const bool remote = !plan->prefill_address.empty() && !(short_prompt && room);
+      const bool remote = dispatched || (!plan->prefill_address.empty() && !(short_prompt && room));
       service_->metrics_->CountPrefillPath(remote ? "remote" : "local");
       if (remote) {
         // The prefill worker samples the first token: it must use the seed
@@ -197,12 +205,16 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         state_->sampling = request->sampling();
         state_->seed = *engine_request->sampling.seed;
         state_->loop = service_->loop_;
+        state_->dispatched_transfer = dispatched ? plan->transfer_id : 0;
       }
     }
     // When the blocks are surely free, the prefill starts before the engine
     // loop has reserved them: the Prefill call and the reservation overlap
-    // instead of adding up in the time to first token.
-    if (state_->loop != nullptr && RoomForPrompt()) StartRemotePrefill(0, /*reserved=*/false);
+    // instead of adding up in the time to first token. A prefill the router
+    // dispatched is under way already: its frames wait for the reservation.
+    if (state_->loop != nullptr && (dispatched || RoomForPrompt())) {
+      StartRemotePrefill(0, /*reserved=*/false);
+    }
     std::shared_ptr<State> state = state_;
     auto id = service_->loop_->Submit(std::move(*engine_request),
                                       [state](const TokenEvent& e) { state->OnEvent(e); });
@@ -282,6 +294,9 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     EngineLoop* loop = nullptr;
     uint64_t transfer_id ABSL_GUARDED_BY(mu) = 0;
     bool prefill_started ABSL_GUARDED_BY(mu) = false;
+    // Nonzero when the router called the prefill worker itself, with this
+    // transfer id: there is no Prefill call to make or cancel here.
+    uint64_t dispatched_transfer = 0;
     // The KV import (the first token on its end marker) hands the request to
     // the engine; the prefill call's answer only reports failures.
     bool imported ABSL_GUARDED_BY(mu) = false;
@@ -424,7 +439,8 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       }
       state_->prefill_started = true;
       if (state_->final_ready) return;
-      transfer_id = service_->RandomBits();
+      transfer_id =
+          state_->dispatched_transfer != 0 ? state_->dispatched_transfer : service_->RandomBits();
       state_->transfer_id = transfer_id;
       // Registered before the Prefill call names it, so that a cancel racing
       // with this always finds something to forget.
@@ -442,6 +458,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
             }
           },
           reserved);
+      if (state_->dispatched_transfer != 0) return;  // The router made the call.
       state_->prefill_context = std::make_unique<grpc::ClientContext>();
       state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
       state_->prefill_context->set_deadline(std::chrono::system_clock::now() +

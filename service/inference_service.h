@@ -35,6 +35,9 @@ struct PrefillPlan {
   std::string prefill_address;  // Empty: prefill here.
   // Prompts shorter than this are prefilled here when the worker has room.
   int64_t local_threshold = 0;
+  // Nonzero: the router has asked `prefill_address` for this transfer
+  // already (with the request's seed set); only await it.
+  uint64_t transfer_id = 0;
 };
 
 // What a decode worker needs to have prompts prefilled elsewhere.

@@ -325,6 +325,12 @@ bool KvReceiver::ServeTransfer(int fd) {
   const uint64_t transfer_id = h.begin;
   {
     absl::MutexLock lock(&mu_);
+    // A transfer the router started at the same time as the decode call may
+    // be announced here a moment before that call registers it.
+    auto known = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return stopping_.load() || expected_.count(transfer_id) > 0;
+    };
+    mu_.AwaitWithTimeout(absl::Condition(&known), absl::Milliseconds(kAnnounceWaitMs));
     auto it = expected_.find(transfer_id);
     if (it == expected_.end() || it->second.fd >= 0) {
       if (observer_.on_failure) observer_.on_failure("refused");

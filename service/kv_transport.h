@@ -117,8 +117,10 @@ class KvReceiver {
   void Forget(uint64_t transfer_id);
 
   // A silent sender is cut off after this long within a transfer, and an
-  // idle connection after kIdleConnectionMs between transfers.
+  // idle connection after kIdleConnectionMs between transfers. A transfer
+  // announced before Expect() names it is refused after kAnnounceWaitMs.
   static constexpr int kIdleTimeoutMs = 5000;
+  static constexpr int kAnnounceWaitMs = 2000;
   static constexpr int kIdleConnectionMs = 60000;
 
  private:

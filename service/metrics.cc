@@ -135,6 +135,10 @@ absl::StatusOr<std::unique_ptr<ServiceMetrics>> ServiceMetrics::Start(
                      .Help("Requests the router retried on another prefill worker.")
                      .Register(r)
                      .Add({});
+  m->dispatch_ = &prometheus::BuildCounter()
+                      .Name("baton_router_prefill_dispatch_total")
+                      .Help("Requests the router routed, by how their prompt was prefilled.")
+                      .Register(r);
   // prometheus-cpp reports a busy port by throwing; keep it inside.
   try {
     m->exposer_ = std::make_unique<prometheus::Exposer>(address);
@@ -182,5 +186,9 @@ void ServiceMetrics::CountRoutedRequest(const std::string& role, const std::stri
 }
 
 void ServiceMetrics::CountRetry() { retries_->Increment(); }
+
+void ServiceMetrics::CountPrefillDispatch(const std::string& mode) {
+  dispatch_->Add({{"mode", mode}}).Increment();
+}
 
 }  // namespace baton

@@ -49,6 +49,10 @@ class ServiceMetrics {
   // Router: requests sent to a worker, and retries on another prefill worker.
   void CountRoutedRequest(const std::string& role, const std::string& worker);
   void CountRetry();
+  // How the router had a prompt prefilled: "parallel" (it called the prefill
+  // worker alongside the decode worker), "via_decode" (the decode worker
+  // called it) or "local" (no prefill worker: the decode worker prefills).
+  void CountPrefillDispatch(const std::string& mode);
 
  private:
   ServiceMetrics() = default;
@@ -72,6 +76,7 @@ class ServiceMetrics {
   prometheus::Family<prometheus::Counter>* prefill_path_ = nullptr;
   prometheus::Family<prometheus::Counter>* routed_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
+  prometheus::Family<prometheus::Counter>* dispatch_ = nullptr;
 };
 
 }  // namespace baton

@@ -40,10 +40,18 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
       return;
     }
     v1::GenerateRequest generate;
-    generate.mutable_token_ids()->mutable_ids()->CopyFrom(request->token_ids());
+    if (request->token_ids_size() > 0 && !request->text().empty()) {
+      Done(grpc::Status(grpc::INVALID_ARGUMENT, "set token_ids or text, not both"));
+      return;
+    }
+    if (request->text().empty()) {
+      generate.mutable_token_ids()->mutable_ids()->CopyFrom(request->token_ids());
+    } else {
+      generate.set_text(request->text());
+    }
     *generate.mutable_sampling() = request->sampling();
     generate.mutable_sampling()->set_max_tokens(1);  // This worker samples one token.
-    auto converted = ToEngineRequest(generate, /*tokenizer=*/nullptr, service_->loop_->config(),
+    auto converted = ToEngineRequest(generate, service_->tokenizer_, service_->loop_->config(),
                                      /*max_tokens_limit=*/1);
     if (!converted.ok()) {
       Done(grpc::Status(grpc::INVALID_ARGUMENT, std::string(converted.status().message())));
@@ -172,9 +180,10 @@ class PrefillService::PrefillCall : public grpc::ServerUnaryReactor {
   absl::Time start_;
 };
 
-PrefillService::PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth,
-                               ServiceMetrics* metrics, int layer_delay_ms)
+PrefillService::PrefillService(EngineLoop* loop, const Tokenizer* tokenizer, KvLayout layout,
+                               const PeerAuth* auth, ServiceMetrics* metrics, int layer_delay_ms)
     : loop_(loop),
+      tokenizer_(tokenizer),
       layout_(std::move(layout)),
       auth_(auth),
       metrics_(metrics),
@@ -188,7 +197,7 @@ grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* c
 
 grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, const PeerAuth& auth,
                                         const char* method, const EngineStats& s,
-                                        const std::string& fingerprint,
+                                        const KvLayout& layout, const std::string& data_address,
                                         internal::v1::LoadReport* report) {
   auto* reactor = context->DefaultReactor();
   if (!auth.Allow(PresentedSecret(*context), method, context->peer())) {
@@ -200,7 +209,10 @@ grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, co
   report->set_queued_requests(s.waiting);
   report->set_kv_blocks_free(s.kv_blocks_total - s.kv_blocks_used);
   report->set_kv_blocks_total(s.kv_blocks_total);
-  report->set_model_fingerprint(fingerprint);
+  report->set_model_fingerprint(layout.fingerprint);
+  report->set_data_address(data_address);
+  report->set_kv_block_tokens(static_cast<uint32_t>(layout.block_size));
+  report->set_max_running_requests(static_cast<uint64_t>(s.max_running));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -208,8 +220,8 @@ grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, co
 grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* context,
                                                   const internal::v1::LoadRequest*,
                                                   internal::v1::LoadReport* report) {
-  return AnswerGetLoad(context, *auth_, "PrefillWorker.GetLoad", loop_->stats(),
-                       layout_.fingerprint, report);
+  return AnswerGetLoad(context, *auth_, "PrefillWorker.GetLoad", loop_->stats(), layout_,
+                       /*data_address=*/"", report);
 }
 
 }  // namespace baton

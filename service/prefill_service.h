@@ -10,6 +10,7 @@
 
 #include "baton/internal/v1/worker.grpc.pb.h"
 #include "engine/engine_loop.h"
+#include "engine/tokenizer.h"
 #include "service/kv_transport.h"
 #include "service/metrics.h"
 #include "service/peer_auth.h"
@@ -18,9 +19,10 @@ namespace baton {
 
 class PrefillService final : public internal::v1::PrefillWorker::CallbackService {
  public:
+  // `tokenizer` (may be null) encodes text prompts sent by the router;
   // `layer_delay_ms` > 0 slows every layer down (fault-injection tests only).
-  PrefillService(EngineLoop* loop, KvLayout layout, const PeerAuth* auth, ServiceMetrics* metrics,
-                 int layer_delay_ms = 0);
+  PrefillService(EngineLoop* loop, const Tokenizer* tokenizer, KvLayout layout,
+                 const PeerAuth* auth, ServiceMetrics* metrics, int layer_delay_ms = 0);
 
   grpc::ServerUnaryReactor* Prefill(grpc::CallbackServerContext* context,
                                     const internal::v1::PrefillRequest* request,
@@ -36,6 +38,7 @@ class PrefillService final : public internal::v1::PrefillWorker::CallbackService
   class PrefillCall;
 
   EngineLoop* loop_;
+  const Tokenizer* tokenizer_;
   KvLayout layout_;
   const PeerAuth* auth_;
   ServiceMetrics* metrics_;
@@ -50,10 +53,12 @@ class PrefillService final : public internal::v1::PrefillWorker::CallbackService
 // The secret a server call presented in its metadata.
 std::string PresentedSecret(const grpc::CallbackServerContext& context);
 
-// Answers GetLoad for a worker (prefill or decode) after checking the secret.
+// Answers GetLoad for a worker (prefill or decode) after checking the secret;
+// a decode worker also names its data channel (`data_address`, else empty)
+// and its KV block size.
 grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, const PeerAuth& auth,
                                         const char* method, const EngineStats& stats,
-                                        const std::string& fingerprint,
+                                        const KvLayout& layout, const std::string& data_address,
                                         internal::v1::LoadReport* report);
 
 }  // namespace baton

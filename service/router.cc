@@ -101,8 +101,13 @@ void WorkerPool::Refresh(bool resolve) {
     }
     probe.healthy = serving && loaded;
     probe.queued_tokens = static_cast<int64_t>(load.queued_tokens());
+    probe.queued_requests = static_cast<int64_t>(load.queued_requests());
     probe.kv_free = static_cast<int64_t>(load.kv_blocks_free());
     probe.running = static_cast<int64_t>(load.running_requests());
+    probe.max_running = static_cast<int64_t>(load.max_running_requests());
+    probe.block_tokens = static_cast<int64_t>(load.kv_block_tokens());
+    probe.data_address = load.data_address();
+    probe.fingerprint = load.model_fingerprint();
     absl::MutexLock lock(&mu_);
     if (workers_.count(address)) workers_[address] = probe;
   }
@@ -129,7 +134,23 @@ std::optional<std::string> WorkerPool::Pick(const std::set<std::string>& exclude
 void WorkerPool::NoteAssigned(const std::string& address, int64_t tokens) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(address);
-  if (it != workers_.end()) it->second.pending += role_ == Role::kPrefill ? tokens : 1;
+  if (it == workers_.end()) return;
+  it->second.pending += role_ == Role::kPrefill ? tokens : 1;
+  it->second.pending_tokens += tokens;
+}
+
+std::optional<WorkerPool::DataChannel> WorkerPool::RoomFor(const std::string& address,
+                                                           int64_t tokens) {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(address);
+  if (it == workers_.end()) return std::nullopt;
+  const Worker& w = it->second;
+  if (!w.healthy || w.data_address.empty() || w.block_tokens <= 0) return std::nullopt;
+  const int64_t running = w.running + w.pending;
+  const int64_t blocks =
+      (w.pending_tokens + tokens + w.block_tokens - 1) / w.block_tokens + running;
+  if (w.queued_requests > 0 || running >= w.max_running || w.kv_free < blocks) return std::nullopt;
+  return DataChannel{w.data_address, w.fingerprint};
 }
 
 size_t WorkerPool::healthy() const {
@@ -139,8 +160,26 @@ size_t WorkerPool::healthy() const {
   return n;
 }
 
+namespace {
+
+// A prefill failure as the router reports it: a misconfigured pair (model or
+// KV layout mismatch) or a bad request is final, the error must reach whoever
+// sent or deployed it; anything else is ABORTED, retried on another worker.
+grpc::Status PrefillFailure(const grpc::Status& status, const std::string& address) {
+  const grpc::StatusCode code = status.error_code() == grpc::FAILED_PRECONDITION ||
+                                        status.error_code() == grpc::INVALID_ARGUMENT
+                                    ? status.error_code()
+                                    : grpc::ABORTED;
+  return grpc::Status(code,
+                      absl::StrCat("prefill on ", address, " failed: ", status.error_message()));
+}
+
+}  // namespace
+
 // One client stream: a public writer and, per attempt, an upstream reader
-// on a decode worker. The relay deletes itself when both sides are done.
+// on a decode worker (and, dispatched in parallel, the router's own call to
+// the prefill worker). The relay deletes itself once the public stream and
+// every call of every attempt are done.
 class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   Relay(RouterService* service, grpc::CallbackServerContext* context,
@@ -192,12 +231,21 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     {
       absl::MutexLock lock(&mu_);
       public_done_ = true;
-      last = upstream_ == nullptr || upstream_->finished;
+      last = Settled();
     }
     if (last) delete this;
   }
 
  private:
+  // The router's Prefill call of a parallel attempt.
+  struct PrefillCall {
+    grpc::ClientContext context;
+    internal::v1::PrefillRequest request;
+    internal::v1::PrefillResponse response;
+    bool done = false;                    // Guarded by the relay's mu_.
+    std::optional<grpc::Status> failure;  // Guarded by the relay's mu_.
+  };
+
   // One call to a decode worker.
   class Upstream : public grpc::ClientReadReactor<v1::GenerateResponse> {
    public:
@@ -211,12 +259,32 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     grpc::ClientContext context;
     internal::v1::DecodeGenerateRequest request;
     std::string decode_address, prefill_address;
-    bool finished = false;  // Guarded by the relay's mu_.
+    std::unique_ptr<PrefillCall> prefill;  // Parallel dispatch only.
+    bool finished = false;                 // Guarded by the relay's mu_.
+
+    // Both calls of the attempt have reported.
+    bool Settled() const { return finished && (prefill == nullptr || prefill->done); }
 
    private:
     Relay* relay_;
     v1::GenerateResponse chunk_;
   };
+
+  // Nothing will call into the relay again.
+  bool Settled() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!public_done_ || (upstream_ != nullptr && !upstream_->Settled())) return false;
+    for (const auto& up : finished_upstreams_) {
+      if (!up->Settled()) return false;
+    }
+    return true;
+  }
+
+  // The prompt's length in tokens, or a bound on it for text (every token
+  // covers a byte at least, and BOS one more).
+  int64_t PromptTokensAtMost() const {
+    return request_.has_token_ids() ? request_.token_ids().ids_size()
+                                    : static_cast<int64_t>(request_.text().size()) + 1;
+  }
 
   void StartAttempt() {
     ++attempts_;
@@ -226,36 +294,105 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
       return;
     }
     std::optional<std::string> prefill = service_->prefill_->Pick(failed_prefill_);
+    const RouterOptions& options = service_->options_;
     auto up = std::make_unique<Upstream>(this);
     up->decode_address = *decode;
     up->prefill_address = prefill.value_or("");
     *up->request.mutable_request() = request_;
     up->request.set_prefill_address(up->prefill_address);
-    up->request.set_local_prefill_threshold(
-        static_cast<uint32_t>(service_->options_.local_prefill_threshold));
-    up->context.AddMetadata(PeerAuth::kMetadataKey, service_->options_.secret);
+    up->request.set_local_prefill_threshold(static_cast<uint32_t>(options.local_prefill_threshold));
+    up->context.AddMetadata(PeerAuth::kMetadataKey, options.secret);
     if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
       up->context.set_deadline(context_->deadline());
     }
-    service_->decode_->NoteAssigned(*decode, 1);
+    const int64_t tokens = PromptTokensAtMost();
+    // A prompt the decode worker might prefill itself (under the threshold)
+    // is its call to make.
+    std::optional<WorkerPool::DataChannel> channel;
+    if (prefill && options.parallel_prefill &&
+        (options.local_prefill_threshold == 0 ||
+         (request_.has_token_ids() && tokens >= options.local_prefill_threshold))) {
+      channel = service_->decode_->RoomFor(*decode, tokens);
+    }
+    service_->decode_->NoteAssigned(*decode, tokens);
     service_->metrics_->CountRoutedRequest("decode", *decode);
     if (prefill) {
-      const int64_t tokens = request_.has_token_ids()
-                                 ? request_.token_ids().ids_size()
-                                 : static_cast<int64_t>(request_.text().size() / 4);
       service_->prefill_->NoteAssigned(*prefill, tokens);
       service_->metrics_->CountRoutedRequest("prefill", *prefill);
     }
+    service_->metrics_->CountPrefillDispatch(channel   ? "parallel"
+                                             : prefill ? "via_decode"
+                                                       : "local");
+    if (channel) up->prefill = MakePrefillCall(*channel, up->request);
     Upstream* raw = up.get();
     {
       absl::MutexLock lock(&mu_);
       if (upstream_ != nullptr) finished_upstreams_.push_back(std::move(upstream_));
       upstream_ = std::move(up);
     }
+    // The decode call first: its transfer is registered by the time the
+    // prefill worker announces it (the receiver waits a little otherwise).
     auto stub = internal::v1::DecodeWorker::NewStub(service_->channels_->Get(*decode));
     stub->async()->Generate(&raw->context, &raw->request, raw);
     raw->ReadNext();
     raw->StartCall();
+    if (raw->prefill != nullptr) {
+      PrefillCall* call = raw->prefill.get();
+      internal::v1::PrefillWorker::NewStub(service_->channels_->Get(*prefill))
+          ->async()
+          ->Prefill(&call->context, &call->request, &call->response,
+                    [this, raw](grpc::Status status) { PrefillDone(raw, status); });
+    }
+  }
+
+  // The Prefill call of a parallel attempt, and the matching fields of the
+  // decode call: one transfer id, and the seed both sample with.
+  std::unique_ptr<PrefillCall> MakePrefillCall(const WorkerPool::DataChannel& channel,
+                                               internal::v1::DecodeGenerateRequest& decode) {
+    v1::SamplingParams& sampling = *decode.mutable_request()->mutable_sampling();
+    if (!sampling.has_seed()) sampling.set_seed(service_->RandomBits());
+    uint64_t transfer_id = 0;
+    while (transfer_id == 0) transfer_id = service_->RandomBits();
+    decode.set_transfer_id(transfer_id);
+    auto call = std::make_unique<PrefillCall>();
+    internal::v1::PrefillRequest& r = call->request;
+    if (request_.has_token_ids()) {
+      *r.mutable_token_ids() = request_.token_ids().ids();
+    } else {
+      r.set_text(request_.text());
+    }
+    r.mutable_target()->set_data_address(channel.address);
+    r.mutable_target()->set_transfer_id(transfer_id);
+    r.set_model_fingerprint(channel.fingerprint);
+    *r.mutable_sampling() = sampling;
+    r.set_seed(sampling.seed());
+    call->context.AddMetadata(PeerAuth::kMetadataKey, service_->options_.secret);
+    call->context.set_deadline(context_->deadline() != std::chrono::system_clock::time_point::max()
+                                   ? context_->deadline()
+                                   : std::chrono::system_clock::now() + std::chrono::minutes(10));
+    return call;
+  }
+
+  // The router's Prefill call ended. On failure the decode call is waiting
+  // for KV that will not come: cancel it, and let its end decide (retry or
+  // report, with the prefill's error).
+  void PrefillDone(Upstream* up, const grpc::Status& status) {
+    bool cancel_decode = false, delete_self = false;
+    {
+      absl::MutexLock lock(&mu_);
+      up->prefill->done = true;
+      if (!status.ok()) {
+        up->prefill->failure = status;
+        cancel_decode = !up->finished;
+      }
+      delete_self = Settled();
+    }
+    if (delete_self) {
+      delete this;
+      return;
+    }
+    // Outside the lock: the cancelled call may report on this thread.
+    if (cancel_decode) up->context.TryCancel();
   }
 
   void Forward(const v1::GenerateResponse& chunk) {
@@ -271,23 +408,34 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
 
   void CancelUpstream() {
     Upstream* up;
+    bool decode, prefill;
     {
       absl::MutexLock lock(&mu_);
       up = upstream_.get();
-      if (up == nullptr || up->finished) return;
+      if (up == nullptr) return;
+      decode = !up->finished;
+      prefill = up->prefill != nullptr && !up->prefill->done;
     }
-    // Outside the lock: the cancelled call may report on this thread. The
+    // Outside the lock: a cancelled call may report on this thread. The
     // upstream outlives this call (finished attempts are kept until the end).
-    up->context.TryCancel();
+    if (decode) up->context.TryCancel();
+    if (prefill) up->prefill->context.TryCancel();
   }
 
-  void UpstreamDone(Upstream* up, const grpc::Status& status) {
-    bool retry = false, delete_self = false, finish = false;
+  void UpstreamDone(Upstream* up, const grpc::Status& decode_status) {
+    bool retry = false, delete_self = false, finish = false, cancel_prefill = false;
+    grpc::Status status = decode_status;
     {
       absl::MutexLock lock(&mu_);
       up->finished = true;
+      // The router cancelled the decode call because its own prefill call
+      // failed: that failure is the attempt's.
+      if (!status.ok() && up->prefill != nullptr && up->prefill->failure.has_value()) {
+        status = PrefillFailure(*up->prefill->failure, up->prefill_address);
+      }
+      cancel_prefill = !status.ok() && up->prefill != nullptr && !up->prefill->done;
       if (public_done_) {
-        delete_self = true;
+        delete_self = Settled();
       } else if (!client_gone_ && !sent_any_ && attempts_ < service_->options_.max_attempts &&
                  (status.error_code() == grpc::ABORTED ||
                   status.error_code() == grpc::UNAVAILABLE)) {
@@ -306,6 +454,8 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
       delete this;
       return;
     }
+    // A failed decode call leaves nobody to take the KV.
+    if (cancel_prefill) up->prefill->context.TryCancel();
     if (retry) {
       service_->metrics_->CountRetry();
       StartAttempt();

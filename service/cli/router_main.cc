@@ -15,6 +15,7 @@ namespace baton::cli {
 
 int RunRouter(const Args& args) {
   std::string prefill_list, decode_list, host = "0.0.0.0", secret, secret_file;
+  std::string dispatch = "parallel";
   int64_t port = 50051, metrics_port = 9400, threshold = 0, max_attempts = 3;
   double drain_timeout_s = 30, resolve_interval_s = 5, probe_interval_s = 0.25;
   FlagSet flags("baton router --prefill LIST --decode LIST [flags]",
@@ -29,6 +30,10 @@ int RunRouter(const Args& args) {
   flags.Int("local-prefill-threshold", &threshold,
             "prompts shorter than this many tokens are prefilled by the decode worker when it "
             "has room (0: never)");
+  flags.String("prefill-dispatch", &dispatch,
+               "parallel: call the prefill and decode workers at once when the decode worker "
+               "surely has room (else as decode); decode: the decode worker calls the prefill "
+               "worker once it has reserved the blocks");
   flags.Int("max-attempts", &max_attempts, "tries per request when a prefill worker fails");
   flags.String("secret", &secret, "the deployment's shared secret for worker calls");
   flags.String("secret-file", &secret_file, "read the shared secret from this file");
@@ -43,6 +48,9 @@ int RunRouter(const Args& args) {
   if (flags.help_requested()) {
     std::fputs(flags.HelpText().c_str(), stdout);
     return 0;
+  }
+  if (dispatch != "parallel" && dispatch != "decode") {
+    return fail(absl::StrCat("--prefill-dispatch: \"", dispatch, "\" is not parallel or decode"));
   }
   auto prefill_targets = ParseTargets(prefill_list, "prefill");
   if (!prefill_targets.ok()) return fail(std::string(prefill_targets.status().message()));
@@ -63,6 +71,7 @@ int RunRouter(const Args& args) {
   RouterOptions options;
   options.local_prefill_threshold = threshold;
   options.max_attempts = static_cast<int>(max_attempts);
+  options.parallel_prefill = dispatch == "parallel";
   options.secret = *the_secret;
   RouterService service(&prefill, &decode, &channels, metrics->get(), options);
   GrpcServerOptions server_options;

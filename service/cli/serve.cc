@@ -239,7 +239,7 @@ int RunModelProcess(ProcessRole role, const Args& args) {
   DisaggregationContext disaggregation;
   ServiceMetrics* m = metrics->get();
   if (role == ProcessRole::kPrefill) {
-    prefill = std::make_unique<PrefillService>(&loop, layout, &auth, m,
+    prefill = std::make_unique<PrefillService>(&loop, tokenizer.get(), layout, &auth, m,
                                                static_cast<int>(f.testing_layer_delay_ms));
     services.push_back(prefill.get());
   }
@@ -266,7 +266,7 @@ int RunModelProcess(ProcessRole role, const Args& args) {
     disaggregation.auth = &auth;
     disaggregation.channels = &channels;
     service.EnableDisaggregation(&disaggregation);
-    decode = std::make_unique<DecodeService>(&service, &loop, &auth, layout.fingerprint);
+    decode = std::make_unique<DecodeService>(&service, &loop, &auth, &disaggregation);
     services.push_back(decode.get());
   }
 

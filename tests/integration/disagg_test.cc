@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "baton/internal/v1/worker.grpc.pb.h"
@@ -109,14 +110,15 @@ class Deployment {
  public:
   Deployment(int prefills, int decodes, std::vector<std::string> router_extra = {},
              std::vector<std::string> prefill_extra = {}, const std::string& decode_model = kTinyA,
-             std::vector<std::string> decode_extra = {}) {
+             std::vector<std::string> decode_extra = {},
+             const std::string& prefill_model = kTinyA) {
     for (int i = 0; i < decodes; ++i) {
       std::vector<std::string> args = {"--model", decode_model, "--secret", kSecret};
       args.insert(args.end(), decode_extra.begin(), decode_extra.end());
       decode.push_back(std::make_unique<BatonProcess>("decode", args));
     }
     for (int i = 0; i < prefills; ++i) {
-      std::vector<std::string> args = {"--model", kTinyA, "--secret", kSecret};
+      std::vector<std::string> args = {"--model", prefill_model, "--secret", kSecret};
       args.insert(args.end(), prefill_extra.begin(), prefill_extra.end());
       prefill.push_back(std::make_unique<BatonProcess>("prefill", args));
     }
@@ -147,26 +149,67 @@ TEST(DisaggTest, GoldenPromptIsBitIdenticalToColocatedServing) {
   ASSERT_TRUE(colocated.status.ok()) << colocated.status.error_message();
   EXPECT_EQ(std::vector<uint32_t>(colocated.ids.begin(), colocated.ids.begin() + golden.size()),
             golden);
-  for (auto [prefills, decodes] : std::vector<std::pair<int, int>>{{1, 1}, {2, 2}}) {
-    Deployment d(prefills, decodes);
-    ASSERT_TRUE(d.ok());
-    for (int round = 0; round < 2 * prefills; ++round) {  // Visits every worker.
-      const StreamResult r = Generate(d.router->address(), Request(prompt, 30, 5));
-      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-      EXPECT_EQ(r.ids, colocated.ids) << prefills << "P" << decodes << "D";
-      ASSERT_EQ(r.logprobs.size(), colocated.logprobs.size());
-      for (size_t i = 0; i < r.logprobs.size(); ++i) {
-        EXPECT_EQ(r.logprobs[i], colocated.logprobs[i]) << "bit-identical logprob " << i;
+  // The router calls the prefill worker itself ("parallel"), or leaves the
+  // call to the decode worker ("decode"): the same tokens either way.
+  for (const std::string dispatch : {"parallel", "decode"}) {
+    for (auto [prefills, decodes] : std::vector<std::pair<int, int>>{{1, 1}, {2, 2}}) {
+      Deployment d(prefills, decodes, {"--prefill-dispatch", dispatch});
+      ASSERT_TRUE(d.ok());
+      for (int round = 0; round < 2 * prefills; ++round) {  // Visits every worker.
+        const StreamResult r = Generate(d.router->address(), Request(prompt, 30, 5));
+        ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+        EXPECT_EQ(r.ids, colocated.ids) << dispatch << " " << prefills << "P" << decodes << "D";
+        ASSERT_EQ(r.logprobs.size(), colocated.logprobs.size());
+        for (size_t i = 0; i < r.logprobs.size(); ++i) {
+          EXPECT_EQ(r.logprobs[i], colocated.logprobs[i]) << "bit-identical logprob " << i;
+        }
       }
+      double remote = 0;
+      for (auto& w : d.decode) {
+        const std::string text = baton::testing::HttpGet(w->metrics_port(), "/metrics");
+        const size_t at = text.find("baton_decode_prefill_total{path=\"remote\"} ");
+        if (at != std::string::npos) remote += std::stod(text.substr(at + 42));
+      }
+      EXPECT_EQ(remote, 2 * prefills) << "every request went through a prefill worker";
+      const std::string mode = dispatch == "parallel" ? "parallel" : "via_decode";
+      EXPECT_EQ(Metric(d.router->metrics_port(),
+                       "baton_router_prefill_dispatch_total{mode=\"" + mode + "\"}"),
+                2 * prefills);
     }
-    double remote = 0;
-    for (auto& w : d.decode) {
-      const std::string text = baton::testing::HttpGet(w->metrics_port(), "/metrics");
-      const size_t at = text.find("baton_decode_prefill_total{path=\"remote\"} ");
-      if (at != std::string::npos) remote += std::stod(text.substr(at + 42));
-    }
-    EXPECT_EQ(remote, 2 * prefills) << "every request went through a prefill worker";
   }
+}
+
+// Text prompts (the router has no tokenizer: the prefill worker encodes
+// them as the decode worker does), sampled with a seed and without one (the
+// router then draws the seed both workers sample with).
+TEST(DisaggTest, TextPromptsDispatchedInParallelMatchColocatedServing) {
+  const std::string model = BATON_DEFAULT_MODEL_DIR;
+  BatonServer serve(model);
+  ASSERT_TRUE(serve.ok());
+  Deployment d(1, 1, {}, {}, model, {}, model);
+  ASSERT_TRUE(d.ok());
+  auto text_request = [](std::optional<uint64_t> seed) {
+    v1::GenerateRequest r;
+    r.set_text("ROMEO:\nBut soft, what light through yonder window breaks?");
+    r.mutable_sampling()->set_max_tokens(24);
+    r.mutable_sampling()->set_temperature(0.8f);
+    r.mutable_sampling()->set_ignore_eos(true);
+    if (seed) r.mutable_sampling()->set_seed(*seed);
+    return r;
+  };
+  const StreamResult colocated = Generate(serve.address(), text_request(7));
+  ASSERT_TRUE(colocated.status.ok()) << colocated.status.error_message();
+  const StreamResult seeded = Generate(d.router->address(), text_request(7));
+  ASSERT_TRUE(seeded.status.ok()) << seeded.status.error_message();
+  EXPECT_EQ(seeded.ids, colocated.ids);
+  EXPECT_EQ(seeded.logprobs, colocated.logprobs);
+  const StreamResult unseeded = Generate(d.router->address(), text_request(std::nullopt));
+  ASSERT_TRUE(unseeded.status.ok()) << unseeded.status.error_message();
+  EXPECT_EQ(unseeded.ids.size(), 24u);
+  EXPECT_EQ(
+      Metric(d.router->metrics_port(), "baton_router_prefill_dispatch_total{mode=\"parallel\"}"),
+      2);
+  EXPECT_GT(Metric(d.prefill[0]->metrics_port(), "baton_kv_transfer_bytes_total"), 0);
 }
 
 // BF16 activations are a different computation: still bit-identical between

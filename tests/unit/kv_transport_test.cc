@@ -289,12 +289,40 @@ TEST(KvTransportTest, WrongSecretAndMismatchedLayoutAreRefused) {
   EXPECT_GE(c.auth.refused(), 1);
 }
 
+// A transfer never expected is refused once the receiver has waited
+// kAnnounceWaitMs for the decode call that would name it.
 TEST(KvTransportTest, UnknownTransferIsRefused) {
   Channel c;
   std::promise<absl::Status> failed;
+  const auto start = std::chrono::steady_clock::now();
   KvSender sender(c.address(), 12345, kLayout, "s3cret",
                   [&](absl::Status s) { failed.set_value(s); });
   EXPECT_THAT(std::string(failed.get_future().get().message()), HasSubstr("unknown"));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GE(seconds, KvReceiver::kAnnounceWaitMs / 1000.0 - 0.1);
+  EXPECT_LT(seconds, KvReceiver::kAnnounceWaitMs / 1000.0 + 2.0);
+}
+
+// The router calls prefill and decode at once: the prefill worker may
+// announce the transfer a moment before the decode worker expects it.
+TEST(KvTransportTest, ATransferAnnouncedBeforeItIsExpectedWaitsForIt) {
+  Channel c;
+  std::promise<absl::Status> received, sent;
+  KvSender sender(c.address(), 44, kLayout, "s3cret", [&](absl::Status s) { sent.set_value(s); });
+  for (int layer = 0; layer < 2; ++layer) sender.Send(layer, 0, 4, Rows(layer, 0, 4));
+  sender.Finish(4, "first token", [&](absl::Status s) { sent.set_value(s); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));  // Announced by now.
+  std::string closing;
+  c.receiver->Expect(44, /*request_id=*/7, 4, [&](absl::Status s, std::string message) {
+    closing = message;
+    received.set_value(s);
+  });
+  EXPECT_TRUE(received.get_future().get().ok());
+  EXPECT_TRUE(sent.get_future().get().ok());
+  EXPECT_EQ(closing, "first token");
+  absl::MutexLock lock(&c.sink.mu_);
+  EXPECT_EQ(c.sink.rows_.size(), 8u);
 }
 
 TEST(KvTransportTest, ASenderThatDiesFailsTheTransferAtOnce) {
