@@ -393,15 +393,20 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       if (state_->handed_off || state_->final_ready) return;
       state_->final_ready = true;
       // A misconfigured pair (model or KV layout mismatch) is not retried:
-      // the error must reach whoever deploys it.
-      const grpc::StatusCode code =
-          absl::IsFailedPrecondition(status) ? grpc::FAILED_PRECONDITION : grpc::ABORTED;
+      // the error must reach whoever deploys it. No blocks in time is this
+      // worker's failure (UNAVAILABLE: the router avoids it); any other, the
+      // prefill's (ABORTED: the router tries another prefill worker).
+      const grpc::StatusCode code = absl::IsFailedPrecondition(status)  ? grpc::FAILED_PRECONDITION
+                                    : absl::IsResourceExhausted(status) ? grpc::UNAVAILABLE
+                                                                        : grpc::ABORTED;
       state_->final_status = grpc::Status(code, absl::StrCat("prefill on ", state_->prefill_address,
                                                              " failed: ", status.message()));
       state_->queue.clear();
     }
     const bool mismatch = absl::IsFailedPrecondition(status);
-    service_->metrics_->CountRequest(mismatch ? "FAILED_PRECONDITION" : "ABORTED");
+    service_->metrics_->CountRequest(mismatch                            ? "FAILED_PRECONDITION"
+                                     : absl::IsResourceExhausted(status) ? "UNAVAILABLE"
+                                                                         : "ABORTED");
     service_->metrics_->CountKvTransferFailure(absl::IsCancelled(status) ? "cancelled"
                                                : mismatch                ? "mismatch"
                                                                          : "prefill_failed");
@@ -429,6 +434,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     const DisaggregationContext& d = *service_->disaggregation_;
     std::shared_ptr<State> state = state_;
     uint64_t transfer_id;
+    absl::Status expected;
     {
       absl::MutexLock lock(&state_->mu);
       if (state_->prefill_started) {
@@ -441,10 +447,9 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       if (state_->final_ready) return;
       transfer_id =
           state_->dispatched_transfer != 0 ? state_->dispatched_transfer : service_->RandomBits();
-      state_->transfer_id = transfer_id;
       // Registered before the Prefill call names it, so that a cancel racing
       // with this always finds something to forget.
-      d.receiver->Expect(
+      expected = d.receiver->Expect(
           transfer_id, request_id, static_cast<int64_t>(state_->prompt.size()),
           [state](absl::Status s, std::string closing) {
             v1::GeneratedToken token;
@@ -458,12 +463,20 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
             }
           },
           reserved);
-      if (state_->dispatched_transfer != 0) return;  // The router made the call.
-      state_->prefill_context = std::make_unique<grpc::ClientContext>();
-      state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
-      state_->prefill_context->set_deadline(std::chrono::system_clock::now() +
-                                            std::chrono::minutes(10));
+      // (Another request's transfer, under the same id, is not ours to forget.)
+      if (expected.ok()) state_->transfer_id = transfer_id;
+      if (expected.ok() && state_->dispatched_transfer == 0) {
+        state_->prefill_context = std::make_unique<grpc::ClientContext>();
+        state_->prefill_context->AddMetadata(PeerAuth::kMetadataKey, d.auth->secret());
+        state_->prefill_context->set_deadline(std::chrono::system_clock::now() +
+                                              std::chrono::minutes(10));
+      }
     }
+    if (!expected.ok()) {
+      state->OnPrefillFailed(expected);
+      return;
+    }
+    if (state_->dispatched_transfer != 0) return;  // The router made the call.
     internal::v1::PrefillRequest& r = state_->prefill_request;
     r.mutable_token_ids()->Add(state_->prompt.begin(), state_->prompt.end());
     r.mutable_target()->set_data_address(d.data_address);

@@ -25,6 +25,9 @@ namespace {
 
 constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'K', 'V', '2'};
 constexpr uint32_t kDoneLayer = 0xffffffffu;
+// Reply codes: 0 accepted, 1 refused (handshake: secret, model or layout),
+// kReplyUnknownTransfer for a start no decode call has named.
+constexpr uint32_t kReplyUnknownTransfer = 2;
 constexpr uint32_t kStartLayer = 0xfffffffeu;
 constexpr uint32_t kMaxHelloBytes = 64 << 10;
 // Frames up to this size may be written by the thread that hands them over
@@ -220,10 +223,15 @@ void KvReceiver::AcceptLoop() {
   }
 }
 
-void KvReceiver::Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
-                        DoneCallback on_done, bool ready) {
+absl::Status KvReceiver::Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
+                                DoneCallback on_done, bool ready) {
   absl::MutexLock lock(&mu_);
-  expected_[transfer_id] = {request_id, tokens, std::move(on_done), ready, -1};
+  if (!expected_.emplace(transfer_id, Expected{request_id, tokens, std::move(on_done), ready, -1})
+           .second) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("KV transfer ", transfer_id, " is expected already"));
+  }
+  return absl::OkStatus();
 }
 
 void KvReceiver::Ready(uint64_t transfer_id, int64_t request_id) {
@@ -236,6 +244,12 @@ void KvReceiver::Ready(uint64_t transfer_id, int64_t request_id) {
 
 void KvReceiver::Forget(uint64_t transfer_id) {
   absl::MutexLock lock(&mu_);
+  forgotten_.insert(transfer_id);
+  forgotten_order_.push_back(transfer_id);
+  if (forgotten_order_.size() > kForgottenKept) {
+    forgotten_.erase(forgotten_order_.front());
+    forgotten_order_.pop_front();
+  }
   auto it = expected_.find(transfer_id);
   if (it == expected_.end()) return;
   if (it->second.fd >= 0) shutdown(it->second.fd, SHUT_RDWR);  // Unblocks its reader.
@@ -327,15 +341,18 @@ bool KvReceiver::ServeTransfer(int fd) {
     absl::MutexLock lock(&mu_);
     // A transfer the router started at the same time as the decode call may
     // be announced here a moment before that call registers it.
+    // (One that ended before it came is refused at once.)
     auto known = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stopping_.load() || expected_.count(transfer_id) > 0;
+      return stopping_.load() || expected_.count(transfer_id) > 0 ||
+             forgotten_.count(transfer_id) > 0;
     };
     mu_.AwaitWithTimeout(absl::Condition(&known), absl::Milliseconds(kAnnounceWaitMs));
     auto it = expected_.find(transfer_id);
     if (it == expected_.end() || it->second.fd >= 0) {
       if (observer_.on_failure) observer_.on_failure("refused");
       // The connection stays usable: the sender sends nothing for this one.
-      return SendReply(fd, 1, "refused: unknown or already served transfer").ok();
+      return SendReply(fd, kReplyUnknownTransfer, "refused: unknown or already served transfer")
+          .ok();
     }
     it->second.fd = fd;
   }
@@ -624,6 +641,11 @@ absl::Status KvSender::AwaitReply() {
   if (absl::Status s = ReadFull(fd_, message.data(), message.size(), KvReceiver::kIdleTimeoutMs);
       !s.ok()) {
     return s;
+  }
+  if (head[0] == kReplyUnknownTransfer) {
+    // The decode call that names it did not come in time, or ended: worth
+    // retrying, unlike a refused handshake.
+    return absl::AbortedError(absl::StrCat("decode worker ", address_, ": ", message));
   }
   if (head[0] != 0) {
     return absl::FailedPreconditionError(absl::StrCat("decode worker ", address_, ": ", message));

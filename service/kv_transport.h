@@ -6,10 +6,11 @@
 // Wire format, little-endian. Once per connection:
 //   hello   "BATONKV2", u32 n, n bytes of JSON {secret, fingerprint, layers,
 //           width, block_size, dtype}
-//   reply   u32 status (0: accepted), u32 n, n bytes of message
+//   reply   u32 status (0: accepted, 1: refused), u32 n, n bytes of message
 // then transfers, one at a time, each:
 //   start   a frame header with layer 0xfffffffe and begin = transfer id;
-//           answered with a reply (refused: unknown or already served)
+//           answered with a reply (2: unknown, ended or already served,
+//           once no decode call has named it for kAnnounceWaitMs)
 //   frame   u32 layer, u32 zero, u64 begin, u64 end, (end-begin) rows of
 //           width elements of dtype (f32 or bf16)
 //   done    a frame with layer 0xffffffff, end = tokens sent and the
@@ -31,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,13 +109,15 @@ class KvReceiver {
   // was started before it was submitted, so that the two overlap):
   // `request_id` is ignored and frames wait in the socket until Ready(), at
   // most kIdleTimeoutMs.
+  // ALREADY_EXISTS if `transfer_id` is expected already (on_done never runs).
   using DoneCallback = std::function<void(absl::Status status, std::string closing)>;
-  void Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens, DoneCallback on_done,
-              bool ready = true);
+  absl::Status Expect(uint64_t transfer_id, int64_t request_id, int64_t tokens,
+                      DoneCallback on_done, bool ready = true);
   // Engine request `request_id` has reserved the blocks for an
   // Expect(..., ready = false) transfer.
   void Ready(uint64_t transfer_id, int64_t request_id);
-  // The request ended: drop its transfer (and any connection still sending).
+  // The request ended: drop its transfer (and any connection still sending);
+  // a start that names it later is refused at once.
   void Forget(uint64_t transfer_id);
 
   // A silent sender is cut off after this long within a transfer, and an
@@ -151,6 +155,10 @@ class KvReceiver {
   std::thread accept_thread_;
   absl::Mutex mu_;
   std::map<uint64_t, Expected> expected_ ABSL_GUARDED_BY(mu_);
+  // The last kForgottenKept transfers forgotten.
+  static constexpr size_t kForgottenKept = 256;
+  std::set<uint64_t> forgotten_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint64_t> forgotten_order_ ABSL_GUARDED_BY(mu_);
   struct Connection {
     std::thread thread;
     std::shared_ptr<std::atomic<bool>> finished;

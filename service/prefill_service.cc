@@ -220,6 +220,7 @@ grpc::ServerUnaryReactor* AnswerGetLoad(grpc::CallbackServerContext* context, co
 grpc::ServerUnaryReactor* PrefillService::GetLoad(grpc::CallbackServerContext* context,
                                                   const internal::v1::LoadRequest*,
                                                   internal::v1::LoadReport* report) {
+  report->set_accepts_text(tokenizer_ != nullptr);
   return AnswerGetLoad(context, *auth_, "PrefillWorker.GetLoad", loop_->stats(), layout_,
                        /*data_address=*/"", report);
 }

@@ -108,6 +108,7 @@ void WorkerPool::Refresh(bool resolve) {
     probe.block_tokens = static_cast<int64_t>(load.kv_block_tokens());
     probe.data_address = load.data_address();
     probe.fingerprint = load.model_fingerprint();
+    probe.accepts_text = load.accepts_text();
     absl::MutexLock lock(&mu_);
     if (workers_.count(address)) workers_[address] = probe;
   }
@@ -139,18 +140,28 @@ void WorkerPool::NoteAssigned(const std::string& address, int64_t tokens) {
   it->second.pending_tokens += tokens;
 }
 
-std::optional<WorkerPool::DataChannel> WorkerPool::RoomFor(const std::string& address,
-                                                           int64_t tokens) {
+bool WorkerPool::AcceptsText(const std::string& address) const {
+  absl::MutexLock lock(&mu_);
+  auto it = workers_.find(address);
+  return it != workers_.end() && it->second.accepts_text;
+}
+
+std::optional<WorkerPool::DataChannel> WorkerPool::AssignIfRoom(const std::string& address,
+                                                                int64_t tokens) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(address);
   if (it == workers_.end()) return std::nullopt;
-  const Worker& w = it->second;
-  if (!w.healthy || w.data_address.empty() || w.block_tokens <= 0) return std::nullopt;
+  Worker& w = it->second;
   const int64_t running = w.running + w.pending;
-  const int64_t blocks =
-      (w.pending_tokens + tokens + w.block_tokens - 1) / w.block_tokens + running;
-  if (w.queued_requests > 0 || running >= w.max_running || w.kv_free < blocks) return std::nullopt;
-  return DataChannel{w.data_address, w.fingerprint};
+  std::optional<DataChannel> room;
+  if (w.healthy && !w.data_address.empty() && w.block_tokens > 0 && w.queued_requests == 0 &&
+      running < w.max_running &&
+      w.kv_free >= (w.pending_tokens + tokens + w.block_tokens - 1) / w.block_tokens + running) {
+    room = DataChannel{w.data_address, w.fingerprint};
+  }
+  w.pending += 1;
+  w.pending_tokens += tokens;
+  return room;
 }
 
 size_t WorkerPool::healthy() const {
@@ -242,8 +253,10 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     grpc::ClientContext context;
     internal::v1::PrefillRequest request;
     internal::v1::PrefillResponse response;
-    bool done = false;                    // Guarded by the relay's mu_.
-    std::optional<grpc::Status> failure;  // Guarded by the relay's mu_.
+    // Guarded by the relay's mu_:
+    bool done = false;  // Reported (and nothing will touch the relay for it).
+    std::optional<grpc::Status> failure;
+    bool cancelled_decode = false;  // The decode call was cancelled for it.
   };
 
   // One call to a decode worker.
@@ -272,18 +285,22 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
 
   // Nothing will call into the relay again.
   bool Settled() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (!public_done_ || (upstream_ != nullptr && !upstream_->Settled())) return false;
+    if (!public_done_ || pins_ > 0 || (upstream_ != nullptr && !upstream_->Settled())) {
+      return false;
+    }
     for (const auto& up : finished_upstreams_) {
       if (!up->Settled()) return false;
     }
     return true;
   }
 
-  // The prompt's length in tokens, or a bound on it for text (every token
-  // covers a byte at least, and BOS one more).
-  int64_t PromptTokensAtMost() const {
-    return request_.has_token_ids() ? request_.token_ids().ids_size()
-                                    : static_cast<int64_t>(request_.text().size()) + 1;
+  // The prompt's length in tokens, or for text an estimate (`bound`: a
+  // byte-level BPE token covers a byte at least, plus a few special tokens;
+  // else about 4 bytes a token).
+  int64_t PromptTokens(bool bound) const {
+    if (request_.has_token_ids()) return request_.token_ids().ids_size();
+    const auto bytes = static_cast<int64_t>(request_.text().size());
+    return bound ? bytes + 4 : bytes / 4 + 1;
   }
 
   void StartAttempt() {
@@ -305,19 +322,22 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     if (context_->deadline() != std::chrono::system_clock::time_point::max()) {
       up->context.set_deadline(context_->deadline());
     }
-    const int64_t tokens = PromptTokensAtMost();
+    const int64_t tokens = PromptTokens(/*bound=*/true);
     // A prompt the decode worker might prefill itself (under the threshold)
-    // is its call to make.
+    // is its call to make, and text only goes to a prefill worker that
+    // encodes it.
     std::optional<WorkerPool::DataChannel> channel;
     if (prefill && options.parallel_prefill &&
         (options.local_prefill_threshold == 0 ||
-         (request_.has_token_ids() && tokens >= options.local_prefill_threshold))) {
-      channel = service_->decode_->RoomFor(*decode, tokens);
+         (request_.has_token_ids() && tokens >= options.local_prefill_threshold)) &&
+        (request_.has_token_ids() || service_->prefill_->AcceptsText(*prefill))) {
+      channel = service_->decode_->AssignIfRoom(*decode, tokens);
+    } else {
+      service_->decode_->NoteAssigned(*decode, tokens);
     }
-    service_->decode_->NoteAssigned(*decode, tokens);
     service_->metrics_->CountRoutedRequest("decode", *decode);
     if (prefill) {
-      service_->prefill_->NoteAssigned(*prefill, tokens);
+      service_->prefill_->NoteAssigned(*prefill, PromptTokens(/*bound=*/false));
       service_->metrics_->CountRoutedRequest("prefill", *prefill);
     }
     service_->metrics_->CountPrefillDispatch(channel   ? "parallel"
@@ -376,23 +396,40 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
   // The router's Prefill call ended. On failure the decode call is waiting
   // for KV that will not come: cancel it, and let its end decide (retry or
   // report, with the prefill's error).
+  // Once the decode call has sent a token, its KV is all in: a late
+  // failure of this call (its answer lost) does not concern it.
   void PrefillDone(Upstream* up, const grpc::Status& status) {
-    bool cancel_decode = false, delete_self = false;
+    bool cancel_decode = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!status.ok()) {
+        up->prefill->failure = status;
+        cancel_decode = !up->finished && !sent_any_;
+        up->prefill->cancelled_decode = cancel_decode;
+      }
+    }
+    // Outside the lock (the cancelled call may report on this thread), and
+    // before `done`: until then the relay cannot be deleted under us.
+    if (cancel_decode) up->context.TryCancel();
+    bool delete_self;
     {
       absl::MutexLock lock(&mu_);
       up->prefill->done = true;
-      if (!status.ok()) {
-        up->prefill->failure = status;
-        cancel_decode = !up->finished;
-      }
       delete_self = Settled();
     }
-    if (delete_self) {
-      delete this;
-      return;
+    if (delete_self) delete this;
+  }
+
+  // Releases a pin; true if that settled the relay, which is then deleted.
+  bool Unpin() {
+    bool last;
+    {
+      absl::MutexLock lock(&mu_);
+      --pins_;
+      last = Settled();
     }
-    // Outside the lock: the cancelled call may report on this thread.
-    if (cancel_decode) up->context.TryCancel();
+    if (last) delete this;
+    return last;
   }
 
   void Forward(const v1::GenerateResponse& chunk) {
@@ -430,10 +467,12 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
       up->finished = true;
       // The router cancelled the decode call because its own prefill call
       // failed: that failure is the attempt's.
-      if (!status.ok() && up->prefill != nullptr && up->prefill->failure.has_value()) {
+      if (status.error_code() == grpc::CANCELLED && up->prefill != nullptr &&
+          up->prefill->cancelled_decode) {
         status = PrefillFailure(*up->prefill->failure, up->prefill_address);
       }
       cancel_prefill = !status.ok() && up->prefill != nullptr && !up->prefill->done;
+      if (cancel_prefill) ++pins_;  // Until the cancel below is made.
       if (public_done_) {
         delete_self = Settled();
       } else if (!client_gone_ && !sent_any_ && attempts_ < service_->options_.max_attempts &&
@@ -455,7 +494,10 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
       return;
     }
     // A failed decode call leaves nobody to take the KV.
-    if (cancel_prefill) up->prefill->context.TryCancel();
+    if (cancel_prefill) {
+      up->prefill->context.TryCancel();
+      if (Unpin()) return;
+    }
     if (retry) {
       service_->metrics_->CountRetry();
       StartAttempt();
@@ -493,6 +535,8 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
   bool sent_any_ ABSL_GUARDED_BY(mu_) = false;
   bool client_gone_ ABSL_GUARDED_BY(mu_) = false;
   bool public_done_ ABSL_GUARDED_BY(mu_) = false;
+  // Calls into gRPC under way outside the lock that keep the relay alive.
+  int pins_ ABSL_GUARDED_BY(mu_) = 0;
   std::optional<grpc::Status> pending_finish_ ABSL_GUARDED_BY(mu_);
   int attempts_ = 0;
   std::set<std::string> failed_prefill_, failed_decode_;

@@ -47,6 +47,8 @@ class WorkerPool {
 
   // The best healthy worker not in `exclude`, or nothing.
   std::optional<std::string> Pick(const std::set<std::string>& exclude);
+  // Whether prefill worker `address` reported that it encodes text prompts.
+  bool AcceptsText(const std::string& address) const;
   // Counts work sent to `address` (a request of `tokens` prompt tokens) until
   // the next probe reports it.
   void NoteAssigned(const std::string& address, int64_t tokens);
@@ -57,11 +59,13 @@ class WorkerPool {
     std::string fingerprint;
   };
   // Decode worker `address`'s data channel if its last report, less the work
-  // assigned since, shows that it will reserve the blocks of a `tokens`-token
-  // prompt at once: nothing queued, a free place in the running batch, and
-  // free blocks for the prompt plus one per running sequence. Else nothing
-  // (unknown worker, or one that does not report these).
-  std::optional<DataChannel> RoomFor(const std::string& address, int64_t tokens);
+  // assigned since, shows that it will reserve the blocks of a prompt of at
+  // most `tokens` tokens at once: nothing queued, a free place in the running
+  // batch, and free blocks for the prompt plus one per running sequence.
+  // Else nothing (unknown worker, or one that does not report these). Either
+  // way the request is counted as assigned (NoteAssigned), under the same
+  // lock, so that concurrent requests do not all claim the same room.
+  std::optional<DataChannel> AssignIfRoom(const std::string& address, int64_t tokens);
   size_t healthy() const;
   Role role() const { return role_; }
 
@@ -76,6 +80,7 @@ class WorkerPool {
     int64_t block_tokens = 0;
     std::string data_address;  // Decode workers only.
     std::string fingerprint;
+    bool accepts_text = false;  // Prefill workers only.
     // Assigned since the last probe: prefill, tokens; decode, requests and
     // their prompt tokens.
     int64_t pending = 0;
@@ -126,9 +131,15 @@ class RouterService final : public v1::Inference::CallbackService {
   RouterOptions options_;
   std::atomic<bool> draining_{false};
   std::atomic<int> active_{0};
-  // Seeds and transfer ids of parallel dispatches: drawn from the OS once.
+  // Seeds and transfer ids of parallel dispatches: seeded from the OS once,
+  // with 128 bits (two routers must not draw the same transfer ids).
   absl::Mutex random_mu_;
-  std::mt19937_64 random_ ABSL_GUARDED_BY(random_mu_){std::random_device{}()};
+  std::mt19937_64 random_ ABSL_GUARDED_BY(random_mu_){SeedFromDevice()};
+  static std::mt19937_64 SeedFromDevice() {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device()};
+    return std::mt19937_64(seed);
+  }
   uint64_t RandomBits() {
     absl::MutexLock lock(&random_mu_);
     return random_();

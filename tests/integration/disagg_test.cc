@@ -181,7 +181,8 @@ TEST(DisaggTest, GoldenPromptIsBitIdenticalToColocatedServing) {
 
 // Text prompts (the router has no tokenizer: the prefill worker encodes
 // them as the decode worker does), sampled with a seed and without one (the
-// router then draws the seed both workers sample with).
+// router then draws the seed both workers sample with: a decode call with a
+// transfer id and no seed is refused).
 TEST(DisaggTest, TextPromptsDispatchedInParallelMatchColocatedServing) {
   const std::string model = BATON_DEFAULT_MODEL_DIR;
   BatonServer serve(model);
@@ -338,6 +339,9 @@ TEST(DisaggTest, KilledPrefillWorkerDuringTransferIsRetriedElsewhere) {
   }
   EXPECT_EQ(SettledMetric(d.decode[0]->metrics_port(), "baton_kv_blocks_used", 0), 0);
   EXPECT_GE(Metric(router.metrics_port(), "baton_router_retries_total"), 1);
+  // The router called the prefill workers itself: its own call saw the failure.
+  EXPECT_GE(Metric(router.metrics_port(), "baton_router_prefill_dispatch_total{mode=\"parallel\"}"),
+            4);
 }
 
 TEST(DisaggTest, StoppedPrefillWorkerIsDetectedAndAvoided) {
@@ -403,6 +407,9 @@ TEST(DisaggTest, CancellationsLeakNoBlocksOnEitherSide) {
   EXPECT_EQ(SettledMetric(d.prefill[0]->metrics_port(), "baton_kv_blocks_used", 0), 0);
   // And the deployment still serves.
   EXPECT_TRUE(Generate(d.router->address(), Request(prompt, 4)).status.ok());
+  EXPECT_EQ(
+      Metric(d.router->metrics_port(), "baton_router_prefill_dispatch_total{mode=\"parallel\"}"),
+      5);
 }
 
 // SIGTERM on the decode worker and on the router: running streams finish,
