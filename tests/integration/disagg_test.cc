@@ -46,6 +46,8 @@ struct StreamResult {
   grpc::Status status;
   std::vector<uint32_t> ids;
   std::vector<float> logprobs;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+  uint32_t completion_tokens = 0;
   double seconds_after_signal = -1;
 };
 
@@ -70,6 +72,10 @@ StreamResult Generate(const std::string& address, const v1::GenerateRequest& req
     for (const auto& t : chunk.tokens()) {
       r.ids.push_back(t.id());
       r.logprobs.push_back(t.logprob());
+    }
+    if (chunk.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+      r.finish = chunk.finish_reason();
+      r.completion_tokens = chunk.usage().completion_tokens();
     }
     if (++chunks == cancel_after_chunks) context.TryCancel();
   }
@@ -177,6 +183,32 @@ TEST(DisaggTest, GoldenPromptIsBitIdenticalToColocatedServing) {
                 2 * prefills);
     }
   }
+}
+
+// The first token comes from the prefill worker: when it ends the request
+// (max_tokens 1, a stop token id), the stream ends as colocated serving ends
+// it, and the decode worker's blocks are freed.
+TEST(DisaggTest, AFirstTokenThatEndsTheRequestEndsItAsColocatedServingDoes) {
+  const std::vector<uint32_t> prompt = GoldenIds("input_ids");
+  const uint32_t first = GoldenIds("greedy_tokens")[0];
+  std::vector<v1::GenerateRequest> requests = {Request(prompt, 1), Request(prompt, 2),
+                                               Request(prompt, 10)};
+  requests[2].mutable_sampling()->add_stop_token_ids(first);
+  BatonServer serve(kTinyA);
+  ASSERT_TRUE(serve.ok());
+  Deployment d(1, 1);
+  ASSERT_TRUE(d.ok());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const StreamResult want = Generate(serve.address(), requests[i]);
+    const StreamResult got = Generate(d.router->address(), requests[i]);
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_EQ(got.ids, want.ids) << i;
+    EXPECT_EQ(got.finish, want.finish) << i;
+    EXPECT_EQ(got.completion_tokens, want.completion_tokens) << i;
+    EXPECT_EQ(got.ids.front(), first);
+  }
+  EXPECT_EQ(SettledMetric(d.decode[0]->metrics_port(), "baton_kv_blocks_used", 0), 0);
+  EXPECT_EQ(Metric(d.decode[0]->metrics_port(), "baton_decode_prefill_total{path=\"remote\"}"), 3);
 }
 
 // Text prompts (the router has no tokenizer: the prefill worker encodes
