@@ -159,7 +159,10 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
  public:
   GenerateStream(InferenceService* service, grpc::CallbackServerContext* context,
                  const v1::GenerateRequest* request, const PrefillPlan* plan)
-      : service_(service), state_(std::make_shared<State>()), start_(absl::Now()) {
+      : service_(service),
+        state_(std::make_shared<State>()),
+        start_(absl::Now()),
+        dispatched_transfer_(plan != nullptr ? plan->transfer_id : 0) {
     state_->reactor = this;
     service_->active_streams_.fetch_add(1);
     request_id_ = request->request_id().empty()
@@ -331,9 +334,10 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         Release();
       }
     }
-    void OnPrefillFailed(const absl::Status& status) {
+    // `receiver`: the KV receiver's verdict (else the Prefill call's).
+    void OnPrefillFailed(const absl::Status& status, bool receiver = false) {
       if (GenerateStream* s = Acquire()) {
-        s->FailPrefill(status);
+        s->FailPrefill(status, receiver);
         Release();
       }
     }
@@ -360,6 +364,11 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
 
   void FinishNow(const grpc::Status& status) {
     service_->metrics_->CountRequest(CodeName(status.error_code()));
+    // A transfer the router started for a request refused here: its
+    // announcement is refused at once, not after the receiver's wait.
+    if (dispatched_transfer_ != 0 && service_->disaggregation_ != nullptr) {
+      service_->disaggregation_->receiver->Forget(dispatched_transfer_);
+    }
     {
       absl::MutexLock lock(&state_->mu);
       state_->final_ready = true;
@@ -387,7 +396,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
 
   // The prefill worker failed before the KV was complete: no token has been
   // sent, so the router may retry on another prefill worker.
-  void FailPrefill(const absl::Status& status) {
+  void FailPrefill(const absl::Status& status, bool receiver) {
     {
       absl::MutexLock lock(&state_->mu);
       if (state_->handed_off || state_->final_ready) return;
@@ -396,22 +405,28 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
       // the error must reach whoever deploys it. No blocks in time is this
       // worker's failure (UNAVAILABLE: the router avoids it); any other, the
       // prefill's (ABORTED: the router tries another prefill worker).
-      const grpc::StatusCode code = absl::IsFailedPrecondition(status)  ? grpc::FAILED_PRECONDITION
-                                    : absl::IsResourceExhausted(status) ? grpc::UNAVAILABLE
-                                                                        : grpc::ABORTED;
+      const grpc::StatusCode code = absl::IsFailedPrecondition(status) ? grpc::FAILED_PRECONDITION
+                                    : NoBlocksInTime(status, receiver) ? grpc::UNAVAILABLE
+                                                                       : grpc::ABORTED;
       state_->final_status = grpc::Status(code, absl::StrCat("prefill on ", state_->prefill_address,
                                                              " failed: ", status.message()));
       state_->queue.clear();
     }
     const bool mismatch = absl::IsFailedPrecondition(status);
-    service_->metrics_->CountRequest(mismatch                            ? "FAILED_PRECONDITION"
-                                     : absl::IsResourceExhausted(status) ? "UNAVAILABLE"
-                                                                         : "ABORTED");
+    service_->metrics_->CountRequest(mismatch                           ? "FAILED_PRECONDITION"
+                                     : NoBlocksInTime(status, receiver) ? "UNAVAILABLE"
+                                                                        : "ABORTED");
     service_->metrics_->CountKvTransferFailure(absl::IsCancelled(status) ? "cancelled"
                                                : mismatch                ? "mismatch"
                                                                          : "prefill_failed");
     StopUpstream();
     Pump();
+  }
+
+  // The receiver gave up waiting for this worker's blocks (a prefill
+  // worker's own RESOURCE_EXHAUSTED, its queue full, is the prefill's).
+  static bool NoBlocksInTime(const absl::Status& status, bool receiver) {
+    return receiver && absl::IsResourceExhausted(status);
   }
 
   // Whether the engine will reserve this prompt's blocks at its next look:
@@ -459,7 +474,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
             if (s.ok()) {
               state->OnImported(FromProto(token));
             } else {
-              state->OnPrefillFailed(s);
+              state->OnPrefillFailed(s, /*receiver=*/true);
             }
           },
           reserved);
@@ -611,6 +626,7 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
   std::shared_ptr<State> state_;
   std::string request_id_;
   absl::Time start_;
+  const uint64_t dispatched_transfer_;  // The router's transfer id, or 0.
   absl::Time last_token_;
   int64_t prompt_tokens_ = 0;
   int64_t completion_tokens_ = 0;

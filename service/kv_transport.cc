@@ -244,8 +244,7 @@ void KvReceiver::Ready(uint64_t transfer_id, int64_t request_id) {
 
 void KvReceiver::Forget(uint64_t transfer_id) {
   absl::MutexLock lock(&mu_);
-  forgotten_.insert(transfer_id);
-  forgotten_order_.push_back(transfer_id);
+  if (forgotten_.insert(transfer_id).second) forgotten_order_.push_back(transfer_id);
   if (forgotten_order_.size() > kForgottenKept) {
     forgotten_.erase(forgotten_order_.front());
     forgotten_order_.pop_front();
@@ -684,9 +683,10 @@ void KvSender::Run() {
     if (result.ok()) result = StartTransfer();
   }
   // A pooled connection the receiver closed a moment ago (its idle timeout)
-  // fails at the start: nothing was sent, so a fresh one takes over.
-  if (pooled < 0 ||
-      (!result.ok() && !absl::IsFailedPrecondition(result) && !absl::IsCancelled(result))) {
+  // fails at the start: nothing was sent, so a fresh one takes over. (A
+  // refused transfer is the receiver's answer, not a stale connection.)
+  if (pooled < 0 || (!result.ok() && !absl::IsFailedPrecondition(result) &&
+                     !absl::IsCancelled(result) && !absl::IsAborted(result))) {
     if (pooled >= 0) {
       std::lock_guard<std::mutex> lock(mu_);
       close(fd_);

@@ -265,7 +265,7 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     explicit Upstream(Relay* relay) : relay_(relay) {}
     void ReadNext() { StartRead(&chunk_); }
     void OnReadDone(bool ok) override {
-      if (ok) relay_->Forward(chunk_);
+      if (ok) relay_->Forward(this, chunk_);
     }
     void OnDone(const grpc::Status& status) override { relay_->UpstreamDone(this, status); }
 
@@ -345,10 +345,16 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
                                                        : "local");
     if (channel) up->prefill = MakePrefillCall(*channel, up->request);
     Upstream* raw = up.get();
+    PrefillCall* call = raw->prefill.get();
+    bool client_gone;
     {
       absl::MutexLock lock(&mu_);
       if (upstream_ != nullptr) finished_upstreams_.push_back(std::move(upstream_));
       upstream_ = std::move(up);
+      // A client that left while this attempt was being set up (a retry)
+      // found nothing to cancel: its calls are cancelled below.
+      client_gone = client_gone_;
+      ++pins_;  // Once started, the calls may end the relay on other threads.
     }
     // The decode call first: its transfer is registered by the time the
     // prefill worker announces it (the receiver waits a little otherwise).
@@ -356,13 +362,17 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     stub->async()->Generate(&raw->context, &raw->request, raw);
     raw->ReadNext();
     raw->StartCall();
-    if (raw->prefill != nullptr) {
-      PrefillCall* call = raw->prefill.get();
+    if (call != nullptr) {
       internal::v1::PrefillWorker::NewStub(service_->channels_->Get(*prefill))
           ->async()
           ->Prefill(&call->context, &call->request, &call->response,
                     [this, raw](grpc::Status status) { PrefillDone(raw, status); });
     }
+    if (client_gone) {
+      raw->context.TryCancel();
+      if (call != nullptr) call->context.TryCancel();
+    }
+    Unpin();
   }
 
   // The Prefill call of a parallel attempt, and the matching fields of the
@@ -432,13 +442,24 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
     return last;
   }
 
-  void Forward(const v1::GenerateResponse& chunk) {
+  // A chunk from `up`, the current decode call (called from its read
+  // reaction, so the relay and `up` outlive it).
+  void Forward(Upstream* up, const v1::GenerateResponse& chunk) {
+    bool client_gone;
     {
       absl::MutexLock lock(&mu_);
-      if (client_gone_) return;
-      sent_any_ = true;
-      out_ = chunk;
-      writing_ = true;
+      client_gone = client_gone_;
+      if (!client_gone) {
+        sent_any_ = true;
+        out_ = chunk;
+        writing_ = true;
+      }
+    }
+    if (client_gone) {
+      // Nobody reads on: stop the call rather than leave it unread. (Outside
+      // the lock: the cancelled call may report on this thread.)
+      up->context.TryCancel();
+      return;
     }
     StartWrite(&out_);
   }
