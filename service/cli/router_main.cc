@@ -33,7 +33,7 @@ int RunRouter(const Args& args) {
   flags.String("prefill-dispatch", &dispatch,
                "parallel: call the prefill and decode workers at once when the decode worker "
                "surely has room (else as decode); decode: the decode worker calls the prefill "
-               "worker once it has reserved the blocks");
+               "worker itself");
   flags.Int("max-attempts", &max_attempts, "tries per request when a prefill worker fails");
   flags.String("secret", &secret, "the deployment's shared secret for worker calls");
   flags.String("secret-file", &secret_file, "read the shared secret from this file");
