@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "engine/dtype.h"
+#include "engine/exp_polynomial.h"
 
 #define BATON_AVX2 __attribute__((target("avx2,fma")))
 
@@ -151,22 +153,19 @@ BATON_AVX2 void MatMulF32(const float* x, int64_t ldx, int64_t m, const float* r
 
 namespace {
 
-// e^x for x <= 0, as the AVX-512 ExpNonPositive computes it (the same
-// reduction and polynomial), with 2^n built in the exponent bits: AVX2 has
-// no scalef. Arguments below -87.3 give e^-87.3; n >= -126 then, a normal.
+// e^x for x <= 0 (engine/exp_polynomial.h), as the AVX-512 kernels compute
+// it, with 2^n built in the exponent bits: AVX2 has no scalef (n >= -126
+// after the clamp, a normal).
 BATON_AVX2 inline __m256 ExpNonPositive(__m256 x) {
-  x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+  x = _mm256_max_ps(_mm256_set1_ps(kExpMinArgument), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2E)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2High), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Low), r);
+  __m256 p = _mm256_set1_ps(kExpTaylor[0]);
+  for (size_t i = 1; i < std::size(kExpTaylor); ++i) {
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpTaylor[i]));
+  }
   const __m256i bits =
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <type_traits>
 #include <vector>
 
 #include "engine/dtype.h"
+#include "engine/exp_polynomial.h"
 
 #define BATON_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 
@@ -204,25 +206,18 @@ BATON_AVX512 float Dot(const float* a, const float* b, int64_t n) {
 
 namespace {
 
-// e^x for x <= 0 (softmax inputs after subtracting the maximum), to about
-// 2 ulp: x = n ln 2 + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor
-// polynomial (Horner), times 2^n. Arguments below -87.3 give e^-87.3
-// (1.2e-38, as good as 0 next to the maximum's 1); a NaN stays NaN (MAXPS
-// returns its second operand when either is NaN).
+// e^x for x <= 0 (engine/exp_polynomial.h); a NaN stays NaN (MAXPS returns
+// its second operand when either is NaN).
 BATON_AVX512 inline __m512 ExpNonPositive(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-87.3f), x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+  x = _mm512_max_ps(_mm512_set1_ps(kExpMinArgument), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2E)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // ln 2 in two parts, so that n * ln2_hi is exact.
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2High), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Low), r);
+  __m512 p = _mm512_set1_ps(kExpTaylor[0]);
+  for (size_t i = 1; i < std::size(kExpTaylor); ++i) {
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpTaylor[i]));
+  }
   return _mm512_scalef_ps(p, n);
 }
 
