@@ -159,11 +159,9 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
  public:
   GenerateStream(InferenceService* service, grpc::CallbackServerContext* context,
                  const v1::GenerateRequest* request, const PrefillPlan* plan)
-      : service_(service),
-        state_(std::make_shared<State>()),
-        start_(absl::Now()),
-        dispatched_transfer_(plan != nullptr ? plan->transfer_id : 0) {
+      : service_(service), state_(std::make_shared<State>()), start_(absl::Now()) {
     state_->reactor = this;
+    state_->dispatched_transfer = plan != nullptr ? plan->transfer_id : 0;
     service_->active_streams_.fetch_add(1);
     request_id_ = request->request_id().empty()
                       ? absl::StrCat("req-", service_->next_request_number_.fetch_add(1))
@@ -208,7 +206,6 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
         state_->sampling = request->sampling();
         state_->seed = *engine_request->sampling.seed;
         state_->loop = service_->loop_;
-        state_->dispatched_transfer = dispatched ? plan->transfer_id : 0;
       }
     }
     // When the blocks are surely free, the prefill starts before the engine
@@ -298,7 +295,8 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     uint64_t transfer_id ABSL_GUARDED_BY(mu) = 0;
     bool prefill_started ABSL_GUARDED_BY(mu) = false;
     // Nonzero when the router called the prefill worker itself, with this
-    // transfer id: there is no Prefill call to make or cancel here.
+    // transfer id: there is no Prefill call to make or cancel here. (Set
+    // before any other thread sees the state.)
     uint64_t dispatched_transfer = 0;
     // The KV import (the first token on its end marker) hands the request to
     // the engine; the prefill call's answer only reports failures.
@@ -366,8 +364,8 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
     service_->metrics_->CountRequest(CodeName(status.error_code()));
     // A transfer the router started for a request refused here: its
     // announcement is refused at once, not after the receiver's wait.
-    if (dispatched_transfer_ != 0 && service_->disaggregation_ != nullptr) {
-      service_->disaggregation_->receiver->Forget(dispatched_transfer_);
+    if (state_->dispatched_transfer != 0 && service_->disaggregation_ != nullptr) {
+      service_->disaggregation_->receiver->Forget(state_->dispatched_transfer);
     }
     {
       absl::MutexLock lock(&state_->mu);
@@ -626,7 +624,6 @@ class InferenceService::GenerateStream : public grpc::ServerWriteReactor<v1::Gen
   std::shared_ptr<State> state_;
   std::string request_id_;
   absl::Time start_;
-  const uint64_t dispatched_transfer_;  // The router's transfer id, or 0.
   absl::Time last_token_;
   int64_t prompt_tokens_ = 0;
   int64_t completion_tokens_ = 0;

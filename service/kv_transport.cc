@@ -25,8 +25,10 @@ namespace {
 
 constexpr char kMagic[8] = {'B', 'A', 'T', 'O', 'N', 'K', 'V', '2'};
 constexpr uint32_t kDoneLayer = 0xffffffffu;
-// Reply codes: 0 accepted, 1 refused (handshake: secret, model or layout),
-// kReplyUnknownTransfer for a start no decode call has named.
+// Reply codes: accepted; refused (the handshake: secret, model or layout);
+// a start no decode call has named.
+constexpr uint32_t kReplyAccepted = 0;
+constexpr uint32_t kReplyRefused = 1;
 constexpr uint32_t kReplyUnknownTransfer = 2;
 constexpr uint32_t kStartLayer = 0xfffffffeu;
 constexpr uint32_t kMaxHelloBytes = 64 << 10;
@@ -312,11 +314,11 @@ void KvReceiver::Serve(int fd) {
   }
   if (!refusal.empty()) {
     if (observer_.on_failure) observer_.on_failure("refused");
-    (void)SendReply(fd, 1, refusal);
+    (void)SendReply(fd, kReplyRefused, refusal);
     close_connection();
     return;
   }
-  if (!SendReply(fd, 0, "ok").ok()) {
+  if (!SendReply(fd, kReplyAccepted, "ok").ok()) {
     close_connection();
     return;
   }
@@ -360,7 +362,7 @@ bool KvReceiver::ServeTransfer(int fd) {
     Complete(transfer_id, status);
     return false;
   };
-  if (!SendReply(fd, 0, "ok").ok()) {
+  if (!SendReply(fd, kReplyAccepted, "ok").ok()) {
     return fail(absl::UnavailableError("the prefill worker left at the start of the transfer"));
   }
   int64_t request_id = 0, tokens = 0;
@@ -646,7 +648,7 @@ absl::Status KvSender::AwaitReply() {
     // retrying, unlike a refused handshake.
     return absl::AbortedError(absl::StrCat("decode worker ", address_, ": ", message));
   }
-  if (head[0] != 0) {
+  if (head[0] != kReplyAccepted) {
     return absl::FailedPreconditionError(absl::StrCat("decode worker ", address_, ": ", message));
   }
   return absl::OkStatus();

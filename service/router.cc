@@ -135,9 +135,12 @@ std::optional<std::string> WorkerPool::Pick(const std::set<std::string>& exclude
 void WorkerPool::NoteAssigned(const std::string& address, int64_t tokens) {
   absl::MutexLock lock(&mu_);
   auto it = workers_.find(address);
-  if (it == workers_.end()) return;
-  it->second.pending += role_ == Role::kPrefill ? tokens : 1;
-  it->second.pending_tokens += tokens;
+  if (it != workers_.end()) Charge(it->second, tokens);
+}
+
+void WorkerPool::Charge(Worker& w, int64_t tokens) {
+  w.pending += role_ == Role::kPrefill ? tokens : 1;
+  w.pending_tokens += tokens;
 }
 
 bool WorkerPool::AcceptsText(const std::string& address) const {
@@ -159,8 +162,7 @@ std::optional<WorkerPool::DataChannel> WorkerPool::AssignIfRoom(const std::strin
       w.kv_free >= (w.pending_tokens + tokens + w.block_tokens - 1) / w.block_tokens + running) {
     room = DataChannel{w.data_address, w.fingerprint};
   }
-  w.pending += 1;
-  w.pending_tokens += tokens;
+  Charge(w, tokens);
   return room;
 }
 
@@ -409,25 +411,27 @@ class RouterService::Relay : public grpc::ServerWriteReactor<v1::GenerateRespons
   // Once the decode call has sent a token, its KV is all in: a late
   // failure of this call (its answer lost) does not concern it.
   void PrefillDone(Upstream* up, const grpc::Status& status) {
-    bool cancel_decode = false;
+    bool cancel_decode = false, delete_self;
     {
       absl::MutexLock lock(&mu_);
+      up->prefill->done = true;
       if (!status.ok()) {
         up->prefill->failure = status;
         cancel_decode = !up->finished && !sent_any_;
         up->prefill->cancelled_decode = cancel_decode;
       }
-    }
-    // Outside the lock (the cancelled call may report on this thread), and
-    // before `done`: until then the relay cannot be deleted under us.
-    if (cancel_decode) up->context.TryCancel();
-    bool delete_self;
-    {
-      absl::MutexLock lock(&mu_);
-      up->prefill->done = true;
+      if (cancel_decode) ++pins_;  // Until the cancel below is made.
       delete_self = Settled();
     }
-    if (delete_self) delete this;
+    if (delete_self) {
+      delete this;
+      return;
+    }
+    // Outside the lock: the cancelled call may report on this thread.
+    if (cancel_decode) {
+      up->context.TryCancel();
+      Unpin();
+    }
   }
 
   // Releases a pin; true if that settled the relay, which is then deleted.

@@ -87,6 +87,9 @@ class WorkerPool {
     int64_t pending_tokens = 0;
   };
 
+  // Counts a request of `tokens` prompt tokens as assigned to `w`.
+  void Charge(Worker& w, int64_t tokens) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const Role role_;
   const std::vector<std::string> targets_;
   ChannelPool* channels_;
